@@ -1,0 +1,313 @@
+//! The broker's shared state and the operations connections call on it:
+//! attach/detach sessions, subscribe, publish (route + retain).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use midge_codec::{MqttStr, ProtocolVersion, PublishProperties, QoS, SubscriptionOptions, topic};
+use parking_lot::{Mutex, RwLock};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, oneshot};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::BrokerConfig;
+use crate::metrics::Metrics;
+use crate::router::TopicIndex;
+use crate::session::{Delivery, Enqueued, Kick, Message, Session};
+
+/// A session handle compared by identity, for the topic index.
+#[derive(Debug, Clone)]
+pub(crate) struct SessionRef(pub(crate) Arc<Session>);
+
+impl PartialEq for SessionRef {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+/// State shared by every connection.
+///
+/// Locks, in the order they may nest: `sessions` → `router` → a session's
+/// state. `retained` nests with nothing. The publish path takes only the
+/// router's read lock and each target session's own lock.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) config: BrokerConfig,
+    pub(crate) metrics: Metrics,
+    /// Client id → session, for takeover and resumption.
+    sessions: Mutex<HashMap<Arc<str>, Arc<Session>>>,
+    router: RwLock<TopicIndex<SessionRef>>,
+    /// Topic name → last retained message.
+    retained: RwLock<HashMap<Box<str>, Arc<Message>>>,
+    next_connection_id: AtomicU64,
+    pub(crate) started: Instant,
+    pub(crate) shutdown: CancellationToken,
+    tasks: TaskTracker,
+}
+
+/// A running broker. Cheap to clone; all clones drive the same broker.
+#[derive(Debug, Clone)]
+pub struct Broker {
+    shared: Arc<Shared>,
+}
+
+impl Broker {
+    /// A broker with `config`. It serves nothing until given connections
+    /// ([`Broker::serve_tcp`], [`Broker::serve_connection`]).
+    pub fn new(config: BrokerConfig) -> Broker {
+        Broker {
+            shared: Arc::new(Shared {
+                config,
+                metrics: Metrics::default(),
+                sessions: Mutex::new(HashMap::new()),
+                router: RwLock::new(TopicIndex::default()),
+                retained: RwLock::new(HashMap::new()),
+                next_connection_id: AtomicU64::new(1),
+                started: Instant::now(),
+                shutdown: CancellationToken::new(),
+                tasks: TaskTracker::new(),
+            }),
+        }
+    }
+
+    /// The broker's counters.
+    pub fn metrics(&self) -> &Metrics {
+        &self.shared.metrics
+    }
+
+    /// Accepts MQTT connections on `listener` until [`Broker::shutdown`].
+    pub async fn serve_tcp(&self, listener: TcpListener) {
+        loop {
+            let accepted = tokio::select! {
+                _ = self.shared.shutdown.cancelled() => return,
+                accepted = listener.accept() => accepted,
+            };
+            match accepted {
+                Ok((stream, peer)) => {
+                    // Small packets matter more than segment efficiency; we
+                    // batch writes ourselves.
+                    let _ = stream.set_nodelay(true);
+                    self.serve_connection(stream, peer);
+                }
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+
+    /// Serves one client over any byte stream (TCP, TLS, WebSocket...).
+    pub fn serve_connection<S>(&self, stream: S, peer: SocketAddr)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let shared = self.shared.clone();
+        self.shared.tasks.spawn(crate::connection::run(shared, stream, peer));
+    }
+
+    /// Starts publishing `$SYS` topics, if configured.
+    pub fn start_sys(&self) {
+        if let Some(interval) = self.shared.config.sys_interval {
+            self.shared.tasks.spawn(crate::sys::run(self.shared.clone(), interval));
+        }
+    }
+
+    /// Closes every connection and stops accepting; waits up to `grace`
+    /// for connections to finish.
+    pub async fn shutdown(&self, grace: Duration) {
+        self.shared.shutdown.cancel();
+        self.shared.tasks.close();
+        let _ = tokio::time::timeout(grace, self.shared.tasks.wait()).await;
+    }
+
+    /// Publishes a message as the broker itself (used for `$SYS`).
+    pub fn publish(&self, topic: &str, payload: Bytes, qos: QoS, retain: bool) {
+        self.shared.publish(MqttStr::from(topic), payload, qos, retain, PublishProperties::default());
+    }
+}
+
+impl Shared {
+    pub(crate) fn next_connection_id(&self) -> u64 {
+        self.next_connection_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Attaches connection `connection_id` to the session of `client_id`,
+    /// creating, resuming or replacing it. Returns the session and whether
+    /// it was resumed (CONNACK's session present [MQTT-3.2.2-2]).
+    ///
+    /// `clean_start` discards any existing session [MQTT-3.1.2-6];
+    /// `discard_on_close` decides whether this session ends with the
+    /// connection (3.x clean session; v5 session expiry 0).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn attach_session(
+        &self,
+        client_id: &str,
+        clean_start: bool,
+        discard_on_close: bool,
+        protocol: ProtocolVersion,
+        connection_id: u64,
+        wake: Arc<Notify>,
+        kick: oneshot::Sender<Kick>,
+    ) -> (Arc<Session>, bool) {
+        let mut sessions = self.sessions.lock();
+        if let Some(existing) = sessions.get(client_id).cloned() {
+            let mut state = existing.state.lock();
+            if !clean_start && !state.clean {
+                // The session continues on the new connection; the old
+                // connection's will is not published (as Mosquitto does).
+                state.attach(connection_id, wake, kick, Kick::TakenOver { publish_will: false });
+                state.clean = discard_on_close;
+                state.protocol = protocol;
+                return (existing.clone(), true);
+            }
+            let subscriptions = state.discard(Kick::TakenOver { publish_will: true });
+            drop(state);
+            self.remove_subscriptions(&existing, subscriptions);
+        }
+        let session = Arc::new(Session::new(client_id.into(), discard_on_close, protocol));
+        session.state.lock().attach(connection_id, wake, kick, Kick::TakenOver { publish_will: true });
+        sessions.insert(session.client_id.clone(), session.clone());
+        (session, false)
+    }
+
+    /// The connection `connection_id` has ended: the session stays for the
+    /// client's return, or is discarded if it was clean [MQTT-3.1.2-6].
+    pub(crate) fn detach_session(&self, session: &Arc<Session>, connection_id: u64) {
+        let mut sessions = self.sessions.lock();
+        let mut state = session.state.lock();
+        if !state.is_owned_by(connection_id) {
+            return; // taken over: the new connection owns it now
+        }
+        state.owner = None;
+        if !state.clean {
+            return;
+        }
+        let subscriptions = state.discard(Kick::TakenOver { publish_will: true });
+        drop(state);
+        if sessions.get(&session.client_id).is_some_and(|s| Arc::ptr_eq(s, session)) {
+            sessions.remove(&session.client_id);
+        }
+        drop(sessions);
+        self.remove_subscriptions(session, subscriptions);
+    }
+
+    fn remove_subscriptions(&self, session: &Arc<Session>, filters: Vec<String>) {
+        if filters.is_empty() {
+            return;
+        }
+        let key = SessionRef(session.clone());
+        let mut router = self.router.write();
+        for filter in filters {
+            router.remove(&filter, &key);
+        }
+    }
+
+    /// Number of sessions, connected or not.
+    pub(crate) fn session_count(&self) -> usize {
+        self.sessions.lock().len()
+    }
+
+    pub(crate) fn subscription_count(&self) -> usize {
+        self.router.read().len()
+    }
+
+    pub(crate) fn retained_count(&self) -> usize {
+        self.retained.read().len()
+    }
+
+    /// Adds or replaces a subscription of a live session. Returns false if
+    /// the session was discarded meanwhile.
+    pub(crate) fn subscribe(&self, session: &Arc<Session>, filter: &str, options: SubscriptionOptions) -> bool {
+        let mut router = self.router.write();
+        let mut state = session.state.lock();
+        if state.discarded {
+            return false;
+        }
+        state.subscriptions.insert(filter.to_owned(), options);
+        drop(state);
+        router.insert(filter, SessionRef(session.clone()), options);
+        true
+    }
+
+    /// Removes a subscription; true if it existed.
+    pub(crate) fn unsubscribe(&self, session: &Arc<Session>, filter: &str) -> bool {
+        let mut router = self.router.write();
+        let existed = session.state.lock().subscriptions.remove(filter).is_some();
+        router.remove(filter, &SessionRef(session.clone()));
+        existed
+    }
+
+    /// Retains (or clears) and routes one application message.
+    pub(crate) fn publish(
+        &self,
+        topic: MqttStr,
+        payload: Bytes,
+        qos: QoS,
+        retain: bool,
+        properties: PublishProperties,
+    ) -> usize {
+        let message = Arc::new(Message { topic, payload, qos, properties });
+        if retain {
+            let mut retained = self.retained.write();
+            if message.payload.is_empty() {
+                // A zero-byte retained message clears the topic and is not
+                // stored [MQTT-3.3.1-10], [MQTT-3.3.1-11].
+                retained.remove(message.topic.as_str());
+            } else {
+                // Replaces any earlier one [MQTT-3.3.1-5].
+                retained.insert(message.topic.as_str().into(), message.clone());
+            }
+        }
+        self.route(message)
+    }
+
+    /// Delivers `message` to every session with a matching subscription:
+    /// one copy per session at the highest matching QoS [MQTT-3.3.5-1],
+    /// downgraded to the published QoS [MQTT-3.8.4-6]. Returns the number
+    /// of sessions it was queued for.
+    fn route(&self, message: Arc<Message>) -> usize {
+        let router = self.router.read();
+        let mut targets: Vec<(&SessionRef, QoS)> = Vec::new();
+        router.for_each_match(message.topic.as_str(), |s, o| targets.push((s, o.qos)));
+        if targets.len() > 1 {
+            targets.sort_unstable_by_key(|(s, _)| Arc::as_ptr(&s.0) as usize);
+            targets.dedup_by(|later, kept| {
+                if later.0 == kept.0 {
+                    kept.1 = kept.1.max(later.1);
+                    true
+                } else {
+                    false
+                }
+            });
+        }
+        let max_queued = self.config.max_queued_messages;
+        let mut queued = 0;
+        for (session, qos) in targets {
+            let delivery = Delivery { message: message.clone(), qos: qos.min(message.qos), retain: false };
+            match session.0.enqueue(delivery, max_queued) {
+                Enqueued::Queued => queued += 1,
+                Enqueued::DroppedQueueFull => Metrics::inc(&self.metrics.dropped_queue_full),
+                Enqueued::DroppedQoS0Offline => Metrics::inc(&self.metrics.dropped_qos0_offline),
+                Enqueued::DroppedDiscarded => {}
+            }
+        }
+        queued
+    }
+
+    /// Retained messages matching `filter`, for a new subscription.
+    pub(crate) fn retained_matching(&self, filter: &str) -> Vec<Arc<Message>> {
+        let retained = self.retained.read();
+        if !filter.contains(['+', '#']) {
+            return retained.get(filter).cloned().into_iter().collect();
+        }
+        retained.values().filter(|m| topic::matches(filter, m.topic.as_str())).cloned().collect()
+    }
+}

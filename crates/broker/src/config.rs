@@ -1,0 +1,35 @@
+//! Broker settings that the protocol logic reads.
+
+use std::time::Duration;
+
+/// What a running broker is allowed to do. Every field has a default that
+/// matches what a Mosquitto user would expect unless noted.
+#[derive(Debug, Clone)]
+pub struct BrokerConfig {
+    /// Unacknowledged outbound QoS 1/2 messages per client (Mosquitto's
+    /// `max_inflight_messages`, default 20).
+    pub max_inflight: u16,
+    /// Messages held per session beyond the in-flight window, online or
+    /// offline (Mosquitto's `max_queued_messages`, default 1000). When full,
+    /// the newest message is dropped and counted, as Mosquitto does.
+    pub max_queued_messages: usize,
+    /// Largest packet accepted from a client, fixed header included.
+    /// Default 1 MiB; the protocol maximum is 268,435,460 bytes.
+    pub max_packet_size: u32,
+    /// How long a new connection may take to send CONNECT.
+    pub connect_timeout: Duration,
+    /// How often `$SYS` topics are published; `None` disables them.
+    pub sys_interval: Option<Duration>,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        BrokerConfig {
+            max_inflight: 20,
+            max_queued_messages: 1000,
+            max_packet_size: 1024 * 1024,
+            connect_timeout: Duration::from_secs(10),
+            sys_interval: Some(Duration::from_secs(10)),
+        }
+    }
+}

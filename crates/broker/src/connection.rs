@@ -1,0 +1,600 @@
+//! The connection driver: one task per client, over any byte stream.
+//!
+//! ```text
+//!  socket ─read─▶ rbuf ─decode─▶ Packet ─handle─▶ Shared (route, retain, sessions)
+//!                                             └──▶ wbuf (acks)
+//!  Session queue ─drain (on wake)─▶ wbuf ─one write per loop turn─▶ socket
+//! ```
+//!
+//! The task waits on four things at once: bytes from the client, a wake-up
+//! from a publisher that queued something for this session, the keep-alive
+//! deadline, and being told to go (takeover, shutdown). Everything it owes
+//! the client is appended to `wbuf` and written once per turn, so a burst
+//! of packets costs one syscall.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use midge_codec::{
+    AckProperties, ConnAck, Connect, DecodeError, Packet, PacketId, ProtocolVersion, PubAck, Publish, QoS, ReasonCode,
+    SubAck, Subscribe, UnsubAck, Unsubscribe, Will, decode, encode, encode_publish, topic,
+};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{Notify, oneshot};
+use tokio::time::Instant;
+
+use crate::broker::Shared;
+use crate::metrics::Metrics;
+use crate::session::{Delivery, InflightState, Kick, Session};
+
+/// Why a connection ended. Decides whether the will is published.
+#[derive(Debug)]
+enum Close {
+    /// The client sent DISCONNECT: the will is discarded [MQTT-3.1.2-10].
+    Disconnected,
+    /// The peer closed the socket or it failed.
+    PeerClosed,
+    Io(std::io::Error),
+    /// No packet within 1.5 × keep-alive [MQTT-3.1.2-24].
+    KeepAliveTimeout,
+    Malformed(DecodeError),
+    /// A well-formed packet that breaks a rule; the text names the rule.
+    ProtocolViolation(&'static str),
+    Kicked(Kick),
+    Shutdown,
+}
+
+enum Event {
+    Read(std::io::Result<usize>),
+    Wake,
+    Timer,
+    Kicked(Option<Kick>),
+    Shutdown,
+}
+
+/// Serves one client until its connection ends.
+pub(crate) async fn run<S>(shared: Arc<Shared>, mut stream: S, peer: SocketAddr)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    Metrics::inc(&shared.metrics.connections_current);
+    Metrics::inc(&shared.metrics.connections_total);
+    let mut rbuf = BytesMut::with_capacity(1024);
+    let connect = tokio::select! {
+        c = tokio::time::timeout(shared.config.connect_timeout, read_connect(&shared, &mut stream, &mut rbuf, peer)) => c,
+        _ = shared.shutdown.cancelled() => Ok(None),
+    };
+    if let Ok(Some(connect)) = connect {
+        run_session(&shared, stream, rbuf, peer, connect).await;
+    } else if connect.is_err() {
+        tracing::debug!(%peer, "no CONNECT within {:?}; closing", shared.config.connect_timeout);
+    }
+    Metrics::dec(&shared.metrics.connections_current);
+}
+
+/// Reads the first packet, which must be CONNECT [MQTT-3.1.0-1]. Answers
+/// and closes on an unsupported protocol level [MQTT-3.1.2-2].
+async fn read_connect<S>(shared: &Shared, stream: &mut S, rbuf: &mut BytesMut, peer: SocketAddr) -> Option<Box<Connect>>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    loop {
+        match decode(rbuf, ProtocolVersion::V3_1_1, shared.config.max_packet_size) {
+            Ok(Some(Packet::Connect(connect))) => {
+                Metrics::inc(&shared.metrics.packets_received);
+                return Some(connect);
+            }
+            Ok(Some(other)) => {
+                tracing::info!(%peer, packet = other.name(), "first packet is not CONNECT [MQTT-3.1.0-1]; closing");
+                Metrics::inc(&shared.metrics.protocol_errors);
+                return None;
+            }
+            Ok(None) => {}
+            Err(e @ DecodeError::UnsupportedProtocolVersion { .. }) => {
+                tracing::info!(%peer, error = %e, "refusing CONNECT");
+                let connack = Packet::ConnAck(ConnAck {
+                    reason_code: ReasonCode::UnsupportedProtocolVersion,
+                    ..Default::default()
+                });
+                let mut out = BytesMut::new();
+                if encode(&connack, ProtocolVersion::V3_1_1, &mut out).is_ok() {
+                    let _ = stream.write_all(&out).await;
+                    let _ = stream.shutdown().await;
+                }
+                return None;
+            }
+            Err(e) => {
+                tracing::info!(%peer, error = %e, "malformed CONNECT; closing");
+                Metrics::inc(&shared.metrics.protocol_errors);
+                return None;
+            }
+        }
+        reserve(rbuf);
+        match stream.read_buf(rbuf).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => Metrics::add(&shared.metrics.bytes_received, n as u64),
+        }
+    }
+}
+
+fn reserve(buf: &mut BytesMut) {
+    if buf.capacity() - buf.len() < 512 {
+        buf.reserve(4096);
+    }
+}
+
+/// Validates CONNECT, answers CONNACK, then serves the session.
+async fn run_session<S>(shared: &Arc<Shared>, mut stream: S, rbuf: BytesMut, peer: SocketAddr, connect: Box<Connect>)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let version = connect.protocol_version;
+    let mut wbuf = BytesMut::with_capacity(256);
+
+    // Client identifier rules [MQTT-3.1.3-6], [MQTT-3.1.3-8]; MQTT 3.1
+    // requires one of 1 to 23 characters, so empty is refused there.
+    let mut client_id = connect.client_id.clone();
+    let mut assigned = None;
+    if client_id.is_empty() {
+        let allowed = match version {
+            ProtocolVersion::V3_1 => false,
+            ProtocolVersion::V3_1_1 => connect.clean_start,
+            ProtocolVersion::V5 => true,
+        };
+        if !allowed {
+            tracing::info!(%peer, "empty client id without clean session [MQTT-3.1.3-8]; refusing");
+            let connack = ConnAck { reason_code: ReasonCode::ClientIdentifierNotValid, ..Default::default() };
+            let _ = encode(&Packet::ConnAck(connack), version, &mut wbuf);
+            let _ = stream.write_all(&wbuf).await;
+            let _ = stream.shutdown().await;
+            return;
+        }
+        client_id = format!("auto-{:016x}", random_u64());
+        assigned = Some(client_id.clone());
+    }
+    if let Some(will) = &connect.will
+        && topic::validate_topic_name(&will.topic).is_err()
+    {
+        tracing::info!(%peer, client_id, "invalid will topic [MQTT-3.1.3-11]; closing");
+        return;
+    }
+
+    // The session ends with the connection for 3.x clean sessions and for
+    // v5 sessions with no expiry interval.
+    let discard_on_close = match version {
+        ProtocolVersion::V5 => connect.properties.session_expiry_interval.unwrap_or(0) == 0,
+        _ => connect.clean_start,
+    };
+    let connection_id = shared.next_connection_id();
+    let wake = Arc::new(Notify::new());
+    let (kick_tx, kick_rx) = oneshot::channel();
+    let (session, session_present) = shared.attach_session(
+        &client_id,
+        connect.clean_start,
+        discard_on_close,
+        version,
+        connection_id,
+        wake.clone(),
+        kick_tx,
+    );
+    // MQTT 3.1 has no session present flag.
+    let session_present = session_present && version != ProtocolVersion::V3_1;
+    let mut connack = ConnAck { session_present, reason_code: ReasonCode::Success, ..Default::default() };
+    if version.is_v5() {
+        connack.properties.assigned_client_identifier = assigned;
+        connack.properties.receive_maximum = Some(shared.config.max_inflight.max(1));
+        connack.properties.maximum_packet_size = Some(shared.config.max_packet_size);
+        connack.properties.shared_subscription_available = Some(false);
+        connack.properties.subscription_identifiers_available = Some(false);
+        connack.properties.topic_alias_maximum = Some(0);
+    }
+    let _ = encode(&Packet::ConnAck(connack), version, &mut wbuf);
+    Metrics::inc(&shared.metrics.packets_sent);
+    shared.metrics.client_connected();
+    tracing::debug!(%peer, client_id, ?version, session_present, "client connected");
+
+    let mut conn = Conn {
+        shared: shared.clone(),
+        session,
+        connection_id,
+        version,
+        peer,
+        will: connect.will.clone(),
+        wbuf,
+        sendable: Vec::new(),
+    };
+    conn.resend_inflight();
+    let keep_alive = (connect.keep_alive > 0).then(|| Duration::from_millis(u64::from(connect.keep_alive) * 1500));
+    let close = conn.serve(&mut stream, rbuf, keep_alive, &wake, kick_rx).await;
+    conn.finish(close);
+    let _ = stream.shutdown().await;
+    Metrics::dec(&shared.metrics.clients_connected);
+}
+
+/// A connected client.
+struct Conn {
+    shared: Arc<Shared>,
+    session: Arc<Session>,
+    connection_id: u64,
+    version: ProtocolVersion,
+    peer: SocketAddr,
+    /// Published if the connection ends without DISCONNECT.
+    will: Option<Will>,
+    /// Bytes owed to the client, written once per loop turn.
+    wbuf: BytesMut,
+    /// Reused buffer for deliveries taken from the session queue.
+    sendable: Vec<(Delivery, Option<PacketId>)>,
+}
+
+impl Conn {
+    async fn serve<S>(
+        &mut self,
+        stream: &mut S,
+        mut rbuf: BytesMut,
+        keep_alive: Option<Duration>,
+        wake: &Notify,
+        mut kick_rx: oneshot::Receiver<Kick>,
+    ) -> Close
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        // The timer is pushed back lazily: reading only stamps
+        // `last_packet`; when the timer fires early it is re-armed from there.
+        let mut last_packet = Instant::now();
+        let far = Duration::from_secs(86400 * 365);
+        let timer = tokio::time::sleep(keep_alive.unwrap_or(far));
+        tokio::pin!(timer);
+        let shutdown = self.shared.shutdown.clone();
+        // Anything already queued for a resumed session goes out now.
+        self.drain();
+        loop {
+            if !self.wbuf.is_empty() {
+                let n = self.wbuf.len();
+                if let Err(e) = stream.write_all(&self.wbuf).await {
+                    return Close::Io(e);
+                }
+                Metrics::add(&self.shared.metrics.bytes_sent, n as u64);
+                self.wbuf.clear();
+            }
+            reserve(&mut rbuf);
+            let event = tokio::select! {
+                biased;
+                kick = &mut kick_rx => Event::Kicked(kick.ok()),
+                _ = shutdown.cancelled() => Event::Shutdown,
+                _ = &mut timer, if keep_alive.is_some() => Event::Timer,
+                read = stream.read_buf(&mut rbuf) => Event::Read(read),
+                _ = wake.notified() => Event::Wake,
+            };
+            match event {
+                Event::Read(Ok(0)) => return Close::PeerClosed,
+                Event::Read(Err(e)) => return Close::Io(e),
+                Event::Read(Ok(n)) => {
+                    Metrics::add(&self.shared.metrics.bytes_received, n as u64);
+                    last_packet = Instant::now();
+                    loop {
+                        match decode(&mut rbuf, self.version, self.shared.config.max_packet_size) {
+                            Ok(Some(packet)) => {
+                                Metrics::inc(&self.shared.metrics.packets_received);
+                                if let Err(close) = self.handle(packet) {
+                                    return close;
+                                }
+                            }
+                            Ok(None) => break,
+                            Err(e) => return Close::Malformed(e),
+                        }
+                    }
+                }
+                Event::Wake => {}
+                Event::Timer => {
+                    let Some(keep_alive) = keep_alive else { continue };
+                    if last_packet.elapsed() >= keep_alive {
+                        return Close::KeepAliveTimeout;
+                    }
+                    timer.as_mut().reset(last_packet + keep_alive);
+                }
+                Event::Kicked(Some(kick)) => return Close::Kicked(kick),
+                // The sender went away without a word: the session was
+                // dropped under us; end quietly.
+                Event::Kicked(None) => return Close::Kicked(Kick::TakenOver { publish_will: false }),
+                Event::Shutdown => return Close::Shutdown,
+            }
+            self.drain();
+        }
+    }
+
+    /// Handles one packet from the client. `Err` ends the connection.
+    fn handle(&mut self, packet: Packet) -> Result<(), Close> {
+        match packet {
+            Packet::Publish(publish) => self.handle_publish(publish),
+            Packet::PubAck(ack) => {
+                self.complete_inflight(ack.packet_id, InflightState::ExpectAck, QoS::AtLeastOnce);
+                Ok(())
+            }
+            Packet::PubRec(ack) => {
+                let found = self.advance_to_pubrel(ack.packet_id);
+                let mut pubrel = PubAck::new(ack.packet_id);
+                if !found {
+                    pubrel.reason_code = ReasonCode::PacketIdentifierNotFound;
+                }
+                self.send(&Packet::PubRel(pubrel));
+                Ok(())
+            }
+            Packet::PubRel(ack) => {
+                // Release the id: a later PUBLISH with it is a new message
+                // [MQTT-4.3.3-2]. PUBCOMP even for an unknown id, so the
+                // client can finish its flow.
+                let known = self.session.state.lock().awaiting_rel.remove(&ack.packet_id.get());
+                let mut pubcomp = PubAck::new(ack.packet_id);
+                if !known {
+                    pubcomp.reason_code = ReasonCode::PacketIdentifierNotFound;
+                }
+                self.send(&Packet::PubComp(pubcomp));
+                Ok(())
+            }
+            Packet::PubComp(ack) => {
+                self.complete_inflight(ack.packet_id, InflightState::ExpectComp, QoS::ExactlyOnce);
+                Ok(())
+            }
+            Packet::Subscribe(subscribe) => self.handle_subscribe(subscribe),
+            Packet::Unsubscribe(unsubscribe) => {
+                self.handle_unsubscribe(unsubscribe);
+                Ok(())
+            }
+            Packet::PingReq => {
+                self.send(&Packet::PingResp);
+                Ok(())
+            }
+            Packet::Disconnect(_) => Err(Close::Disconnected),
+            Packet::Connect(_) => Err(Close::ProtocolViolation("second CONNECT [MQTT-3.1.0-2]")),
+            Packet::Auth(_) => Err(Close::ProtocolViolation("AUTH without an authentication method [MQTT-4.12.0-1]")),
+            Packet::ConnAck(_) | Packet::SubAck(_) | Packet::UnsubAck(_) | Packet::PingResp => {
+                Err(Close::ProtocolViolation("a server-to-client packet sent by a client"))
+            }
+        }
+    }
+
+    fn handle_publish(&mut self, publish: Publish) -> Result<(), Close> {
+        Metrics::inc(&self.shared.metrics.publish_received);
+        if publish.topic.is_empty() {
+            // Only a v5 topic alias can leave the topic empty, and we grant
+            // no aliases (Topic Alias Maximum 0).
+            return Err(Close::ProtocolViolation("topic alias not granted [MQTT-3.3.2-7]"));
+        }
+        // `$SYS` belongs to the broker: clients' publishes there are
+        // acknowledged and dropped, as Mosquitto does.
+        let route = !publish.topic.starts_with("$SYS");
+        match (publish.qos, publish.packet_id) {
+            (QoS::AtMostOnce, _) => {
+                if route {
+                    self.route(publish);
+                }
+            }
+            (QoS::AtLeastOnce, Some(id)) => {
+                if route {
+                    self.route(publish);
+                }
+                self.send(&Packet::PubAck(PubAck::new(id)));
+            }
+            (QoS::ExactlyOnce, Some(id)) => {
+                // A PUBLISH re-sent before PUBREL is acknowledged again but
+                // not delivered again [MQTT-4.3.3-2].
+                let first = self.session.state.lock().awaiting_rel.insert(id.get());
+                if first && route {
+                    self.route(publish);
+                }
+                self.send(&Packet::PubRec(PubAck::new(id)));
+            }
+            (_, None) => return Err(Close::ProtocolViolation("QoS > 0 PUBLISH without packet id [MQTT-2.3.1-1]")),
+        }
+        Ok(())
+    }
+
+    fn route(&self, publish: Publish) {
+        self.shared.publish(publish.topic, publish.payload, publish.qos, publish.retain, publish.properties);
+    }
+
+    fn handle_subscribe(&mut self, subscribe: Subscribe) -> Result<(), Close> {
+        let mut reason_codes = Vec::with_capacity(subscribe.subscriptions.len());
+        let mut granted = Vec::new();
+        for sub in &subscribe.subscriptions {
+            if topic::validate_topic_filter(&sub.topic_filter).is_err() {
+                tracing::info!(client_id = %self.session.client_id, peer = %self.peer, filter = sub.topic_filter, "invalid topic filter [MQTT-4.7.1-1]");
+                if self.version == ProtocolVersion::V3_1 {
+                    // MQTT 3.1 SUBACK has no failure code.
+                    return Err(Close::ProtocolViolation("invalid topic filter [MQTT-4.7.1-1]"));
+                }
+                reason_codes.push(if self.version.is_v5() {
+                    ReasonCode::TopicFilterInvalid
+                } else {
+                    ReasonCode::UnspecifiedError
+                });
+                continue;
+            }
+            if !self.shared.subscribe(&self.session, &sub.topic_filter, sub.options) {
+                reason_codes.push(ReasonCode::UnspecifiedError);
+                continue;
+            }
+            reason_codes.push(ReasonCode::granted(sub.options.qos));
+            granted.push(sub);
+        }
+        let suback = SubAck { packet_id: subscribe.packet_id, properties: AckProperties::default(), reason_codes };
+        self.send(&Packet::SubAck(suback));
+        // Retained messages follow the SUBACK, flagged RETAIN=1 [MQTT-3.3.1-6], [MQTT-3.3.1-8].
+        let max_queued = self.shared.config.max_queued_messages;
+        for sub in granted {
+            for message in self.shared.retained_matching(&sub.topic_filter) {
+                let qos = message.qos.min(sub.options.qos);
+                self.session.enqueue(Delivery { message, qos, retain: true }, max_queued);
+            }
+        }
+        Ok(())
+    }
+
+    fn handle_unsubscribe(&mut self, unsubscribe: Unsubscribe) {
+        let reason_codes = unsubscribe
+            .topic_filters
+            .iter()
+            .map(|filter| {
+                if self.shared.unsubscribe(&self.session, filter) {
+                    ReasonCode::Success
+                } else {
+                    ReasonCode::NoSubscriptionExisted
+                }
+            })
+            .collect::<Vec<_>>();
+        // UNSUBACK even if nothing matched [MQTT-3.10.4-5].
+        let unsuback =
+            UnsubAck { packet_id: unsubscribe.packet_id, properties: AckProperties::default(), reason_codes };
+        self.send(&Packet::UnsubAck(unsuback));
+    }
+
+    /// PUBACK (QoS 1) or PUBCOMP (QoS 2) ends a flow and frees its slot.
+    fn complete_inflight(&mut self, id: PacketId, expected: InflightState, qos: QoS) {
+        let mut state = self.session.state.lock();
+        if let Some(i) = state.inflight_position(id) {
+            let entry = &state.inflight[i];
+            if entry.state == expected && entry.delivery.qos == qos {
+                state.inflight.remove(i);
+            }
+        }
+    }
+
+    /// PUBREC: the message is delivered; PUBREL follows. True if known.
+    fn advance_to_pubrel(&mut self, id: PacketId) -> bool {
+        let mut state = self.session.state.lock();
+        match state.inflight_position(id) {
+            Some(i) if state.inflight[i].delivery.qos == QoS::ExactlyOnce => {
+                state.inflight[i].state = InflightState::ExpectComp;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// After a reconnect, unacknowledged PUBLISH packets go out again with
+    /// DUP=1 and PUBREL packets are re-sent, in their original order
+    /// [MQTT-4.4.0-1].
+    fn resend_inflight(&mut self) {
+        let state = self.session.state.lock();
+        let mut out = std::mem::take(&mut self.wbuf);
+        for entry in &state.inflight {
+            match entry.state {
+                InflightState::ExpectAck => {
+                    let publish = to_publish(&entry.delivery, Some(entry.packet_id), true);
+                    let _ = encode_publish(&publish, self.version, &mut out);
+                }
+                InflightState::ExpectComp => {
+                    let _ = encode(&Packet::PubRel(PubAck::new(entry.packet_id)), self.version, &mut out);
+                }
+            }
+        }
+        drop(state);
+        self.wbuf = out;
+    }
+
+    /// Moves what the in-flight window allows from the session queue to `wbuf`.
+    fn drain(&mut self) {
+        {
+            let mut state = self.session.state.lock();
+            if !state.is_owned_by(self.connection_id) {
+                return;
+            }
+            state.take_sendable(usize::from(self.shared.config.max_inflight.max(1)), &mut self.sendable);
+        }
+        let n = self.sendable.len() as u64;
+        for (delivery, packet_id) in self.sendable.drain(..) {
+            let publish = to_publish(&delivery, packet_id, false);
+            let _ = encode_publish(&publish, self.version, &mut self.wbuf);
+        }
+        if n > 0 {
+            Metrics::add(&self.shared.metrics.publish_sent, n);
+            Metrics::add(&self.shared.metrics.packets_sent, n);
+        }
+    }
+
+    fn send(&mut self, packet: &Packet) {
+        Metrics::inc(&self.shared.metrics.packets_sent);
+        if let Err(e) = encode(packet, self.version, &mut self.wbuf) {
+            tracing::error!(client_id = %self.session.client_id, error = %e, packet = packet.name(), "cannot encode");
+        }
+    }
+
+    /// Logs why the connection ended, publishes the will when owed, and
+    /// detaches from the session.
+    fn finish(&mut self, close: Close) {
+        let client_id = &self.session.client_id;
+        let peer = self.peer;
+        let publish_will = match &close {
+            Close::Disconnected => false,
+            Close::Kicked(Kick::TakenOver { publish_will }) => {
+                tracing::info!(%client_id, %peer, "session taken over by a new connection [MQTT-3.1.4-2]");
+                *publish_will
+            }
+            Close::Shutdown => false,
+            Close::PeerClosed => {
+                tracing::debug!(%client_id, %peer, "connection closed by client without DISCONNECT");
+                true
+            }
+            Close::Io(e) => {
+                tracing::debug!(%client_id, %peer, error = %e, "connection failed");
+                true
+            }
+            Close::KeepAliveTimeout => {
+                tracing::info!(%client_id, %peer, "keep-alive expired [MQTT-3.1.2-24]; closing");
+                true
+            }
+            Close::Malformed(e) => {
+                Metrics::inc(&self.shared.metrics.protocol_errors);
+                tracing::warn!(%client_id, %peer, error = %e, "malformed packet; closing");
+                true
+            }
+            Close::ProtocolViolation(rule) => {
+                Metrics::inc(&self.shared.metrics.protocol_errors);
+                tracing::warn!(%client_id, %peer, rule, "protocol violation; closing");
+                true
+            }
+        };
+        if let Some(will) = self.will.take().filter(|_| publish_will) {
+            // The will goes out like any PUBLISH, retained if asked [MQTT-3.1.2-8], [MQTT-3.1.2-17].
+            let properties = will_properties(&will);
+            self.shared.publish(will.topic, will.payload, will.qos, will.retain, properties);
+        }
+        self.shared.detach_session(&self.session, self.connection_id);
+    }
+}
+
+fn will_properties(will: &Will) -> midge_codec::PublishProperties {
+    midge_codec::PublishProperties {
+        payload_format_indicator: will.properties.payload_format_indicator,
+        message_expiry_interval: will.properties.message_expiry_interval,
+        response_topic: will.properties.response_topic.clone(),
+        correlation_data: will.properties.correlation_data.clone(),
+        user_properties: will.properties.user_properties.clone(),
+        content_type: will.properties.content_type.clone(),
+        ..Default::default()
+    }
+}
+
+fn to_publish(delivery: &Delivery, packet_id: Option<PacketId>, dup: bool) -> Publish {
+    let message = &delivery.message;
+    Publish {
+        dup,
+        qos: delivery.qos,
+        retain: delivery.retain,
+        topic: message.topic.clone(),
+        packet_id,
+        properties: message.properties.clone(),
+        payload: message.payload.clone(),
+    }
+}
+
+/// Unpredictable enough for assigned client ids: std's randomly keyed
+/// hasher, mixed with the clock, without a `rand` dependency.
+fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0));
+    h.finish()
+}

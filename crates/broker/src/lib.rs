@@ -1,0 +1,41 @@
+//! midge-broker: an embeddable MQTT broker.
+//!
+//! The path of a message:
+//!
+//! ```text
+//!  bytes ─▶ midge_codec::decode ─▶ Packet ─▶ connection (one task per client)
+//!        ─▶ Shared::publish: retain store + topic index (router)
+//!        ─▶ Session::enqueue for each matching session (payload shared, not copied)
+//!        ─▶ that session's connection wakes, drains its queue through the
+//!           in-flight window ─▶ midge_codec::encode ─▶ one write per turn ─▶ bytes
+//! ```
+//!
+//! Sessions live apart from connections (a session outlives its socket for
+//! persistent clients); connections are generic over any
+//! `AsyncRead + AsyncWrite` stream, so TCP, TLS and WebSocket differ only in
+//! how the stream was accepted.
+//!
+//! ```no_run
+//! # async fn run() -> std::io::Result<()> {
+//! use midge_broker::{Broker, BrokerConfig};
+//! let broker = Broker::new(BrokerConfig::default());
+//! broker.start_sys();
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:1883").await?;
+//! broker.serve_tcp(listener).await;
+//! # Ok(()) }
+//! ```
+
+#![warn(missing_docs)]
+
+mod broker;
+mod config;
+mod connection;
+mod metrics;
+mod router;
+mod session;
+mod sys;
+
+pub use broker::Broker;
+pub use config::BrokerConfig;
+pub use metrics::Metrics;
+pub use sys::VERSION;

@@ -1,0 +1,268 @@
+//! The topic-filter index: a trie over topic levels.
+//!
+//! A publish walks only the branches its topic can reach (its literal level,
+//! `+`, and `#` at each depth), so matching costs grow with the topic's depth
+//! and the number of matches, not with the number of subscriptions.
+
+use std::collections::HashMap;
+
+use midge_codec::SubscriptionOptions;
+
+/// Subscriptions of type `T` (a subscriber handle) indexed by topic filter.
+#[derive(Debug)]
+pub(crate) struct TopicIndex<T> {
+    root: Node<T>,
+    len: usize,
+}
+
+#[derive(Debug)]
+struct Node<T> {
+    /// Children by literal level.
+    children: HashMap<Box<str>, Node<T>>,
+    /// The `+` child.
+    plus: Option<Box<Node<T>>>,
+    /// Filters ending here with `/#` (or `#` at the root): match this level
+    /// and everything below it [MQTT-4.7.1-2].
+    hash: Vec<(T, SubscriptionOptions)>,
+    /// Filters ending exactly here.
+    exact: Vec<(T, SubscriptionOptions)>,
+}
+
+impl<T> Default for Node<T> {
+    fn default() -> Self {
+        Node { children: HashMap::new(), plus: None, hash: Vec::new(), exact: Vec::new() }
+    }
+}
+
+impl<T> Node<T> {
+    fn is_empty(&self) -> bool {
+        self.children.is_empty() && self.plus.is_none() && self.hash.is_empty() && self.exact.is_empty()
+    }
+}
+
+impl<T: PartialEq> Default for TopicIndex<T> {
+    fn default() -> Self {
+        TopicIndex { root: Node::default(), len: 0 }
+    }
+}
+
+fn upsert<T: PartialEq>(list: &mut Vec<(T, SubscriptionOptions)>, key: T, options: SubscriptionOptions) -> bool {
+    if let Some(entry) = list.iter_mut().find(|(k, _)| *k == key) {
+        entry.1 = options;
+        false
+    } else {
+        list.push((key, options));
+        true
+    }
+}
+
+impl<T: PartialEq> TopicIndex<T> {
+    /// Number of (filter, subscriber) entries.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Adds `key`'s subscription to a *valid* `filter`, or replaces its
+    /// options if it already has one [MQTT-3.8.4-3].
+    pub(crate) fn insert(&mut self, filter: &str, key: T, options: SubscriptionOptions) {
+        let mut node = &mut self.root;
+        let mut levels = filter.split('/').peekable();
+        while let Some(level) = levels.next() {
+            if level == "#" {
+                if upsert(&mut node.hash, key, options) {
+                    self.len += 1;
+                }
+                return;
+            }
+            node = if level == "+" {
+                node.plus.get_or_insert_with(Default::default)
+            } else {
+                node.children.entry(level.into()).or_default()
+            };
+            if levels.peek().is_none() {
+                if upsert(&mut node.exact, key, options) {
+                    self.len += 1;
+                }
+                return;
+            }
+        }
+    }
+
+    /// Removes `key`'s subscription to `filter`; true if it existed.
+    pub(crate) fn remove(&mut self, filter: &str, key: &T) -> bool {
+        let levels: Vec<&str> = filter.split('/').collect();
+        let removed = Self::remove_at(&mut self.root, &levels, key);
+        if removed {
+            self.len -= 1;
+        }
+        removed
+    }
+
+    fn remove_at(node: &mut Node<T>, levels: &[&str], key: &T) -> bool {
+        let Some((&level, rest)) = levels.split_first() else {
+            return take(&mut node.exact, key);
+        };
+        if level == "#" {
+            return take(&mut node.hash, key);
+        }
+        if level == "+" {
+            let Some(child) = node.plus.as_deref_mut() else { return false };
+            let removed = Self::remove_at(child, rest, key);
+            if child.is_empty() {
+                node.plus = None;
+            }
+            removed
+        } else {
+            let Some(child) = node.children.get_mut(level) else { return false };
+            let removed = Self::remove_at(child, rest, key);
+            if child.is_empty() {
+                node.children.remove(level);
+            }
+            removed
+        }
+    }
+
+    /// Calls `f` for every subscription matching the topic name `topic`.
+    /// A subscriber with overlapping filters is reported once per filter;
+    /// the caller merges them.
+    pub(crate) fn for_each_match<'a>(&'a self, topic: &str, mut f: impl FnMut(&'a T, SubscriptionOptions)) {
+        // Topics starting with '$' are not matched by a leading '+' or '#' [MQTT-4.7.2-1].
+        let dollar = topic.starts_with('$');
+        let root = &self.root;
+        if !dollar {
+            for (k, o) in &root.hash {
+                f(k, *o);
+            }
+        }
+        let mut rest = topic.split('/');
+        let first = rest.next().unwrap_or("");
+        if let Some(child) = root.children.get(first) {
+            Self::walk(child, rest.clone(), &mut f);
+        }
+        if !dollar && let Some(plus) = root.plus.as_deref() {
+            Self::walk(plus, rest, &mut f);
+        }
+    }
+
+    /// `node` has consumed one level; `rest` are the levels still to match.
+    fn walk<'a>(
+        node: &'a Node<T>,
+        mut rest: std::str::Split<'_, char>,
+        f: &mut impl FnMut(&'a T, SubscriptionOptions),
+    ) {
+        for (k, o) in &node.hash {
+            f(k, *o);
+        }
+        let Some(level) = rest.next() else {
+            for (k, o) in &node.exact {
+                f(k, *o);
+            }
+            return;
+        };
+        if let Some(child) = node.children.get(level) {
+            Self::walk(child, rest.clone(), f);
+        }
+        if let Some(plus) = node.plus.as_deref() {
+            Self::walk(plus, rest, f);
+        }
+    }
+}
+
+fn take<T: PartialEq>(list: &mut Vec<(T, SubscriptionOptions)>, key: &T) -> bool {
+    match list.iter().position(|(k, _)| k == key) {
+        Some(i) => {
+            list.swap_remove(i);
+            true
+        }
+        None => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use midge_codec::QoS;
+
+    fn opts(qos: QoS) -> SubscriptionOptions {
+        SubscriptionOptions { qos, ..Default::default() }
+    }
+
+    fn matches(index: &TopicIndex<u32>, topic: &str) -> Vec<u32> {
+        let mut out = Vec::new();
+        index.for_each_match(topic, |k, _| out.push(*k));
+        out.sort();
+        out
+    }
+
+    fn index(filters: &[&str]) -> TopicIndex<u32> {
+        let mut index = TopicIndex::default();
+        for (i, f) in filters.iter().enumerate() {
+            index.insert(f, i as u32, opts(QoS::AtMostOnce));
+        }
+        index
+    }
+
+    /// [MQTT-4.7.1-2] `sport/tennis/player1/#` matches the parent level too.
+    #[test]
+    fn multi_level_wildcard_matches_parent_and_children() {
+        let idx = index(&["sport/tennis/player1/#"]);
+        assert_eq!(matches(&idx, "sport/tennis/player1"), vec![0]);
+        assert_eq!(matches(&idx, "sport/tennis/player1/ranking"), vec![0]);
+        assert_eq!(matches(&idx, "sport/tennis/player1/score/wimbledon"), vec![0]);
+        assert!(matches(&idx, "sport/tennis/player2").is_empty());
+    }
+
+    /// [MQTT-4.7.1-3] `+` matches exactly one level, including an empty one.
+    #[test]
+    fn single_level_wildcard_matches_one_level() {
+        let idx = index(&["sport/tennis/+", "sport/+", "+/+", "/+"]);
+        assert_eq!(matches(&idx, "sport/tennis/player1"), vec![0]);
+        assert!(!matches(&idx, "sport/tennis/player1/ranking").contains(&0));
+        assert_eq!(matches(&idx, "sport/"), vec![1, 2]);
+        assert!(!matches(&idx, "sport").contains(&1));
+        assert_eq!(matches(&idx, "/finance"), vec![2, 3]);
+    }
+
+    /// [MQTT-4.7.2-1] `$` topics are not matched by a leading wildcard.
+    #[test]
+    fn dollar_topics_are_not_matched_by_leading_wildcards() {
+        let idx = index(&["#", "+/monitor/Clients", "$SYS/#", "$SYS/monitor/+"]);
+        assert_eq!(matches(&idx, "$SYS/monitor/Clients"), vec![2, 3]);
+        assert_eq!(matches(&idx, "a/monitor/Clients"), vec![0, 1]);
+    }
+
+    #[test]
+    fn hash_alone_matches_everything_not_dollar() {
+        let idx = index(&["#"]);
+        assert_eq!(matches(&idx, "a"), vec![0]);
+        assert_eq!(matches(&idx, "/"), vec![0]);
+        assert_eq!(matches(&idx, "a/b/c"), vec![0]);
+    }
+
+    #[test]
+    fn resubscribing_replaces_options_and_remove_prunes() {
+        let mut idx = TopicIndex::default();
+        idx.insert("a/+/c", 7u32, opts(QoS::AtMostOnce));
+        idx.insert("a/+/c", 7u32, opts(QoS::ExactlyOnce));
+        assert_eq!(idx.len(), 1);
+        let mut seen = Vec::new();
+        idx.for_each_match("a/b/c", |k, o| seen.push((*k, o.qos)));
+        assert_eq!(seen, vec![(7, QoS::ExactlyOnce)]);
+        assert!(idx.remove("a/+/c", &7));
+        assert!(!idx.remove("a/+/c", &7));
+        assert_eq!(idx.len(), 0);
+        assert!(idx.root.is_empty());
+    }
+
+    #[test]
+    fn overlapping_filters_report_each_match() {
+        let idx = {
+            let mut i = TopicIndex::default();
+            i.insert("a/b", 1u32, opts(QoS::AtMostOnce));
+            i.insert("a/#", 1u32, opts(QoS::AtLeastOnce));
+            i.insert("a/+", 2u32, opts(QoS::AtMostOnce));
+            i
+        };
+        assert_eq!(matches(&idx, "a/b"), vec![1, 1, 2]);
+    }
+}

@@ -1,0 +1,233 @@
+//! Sessions live apart from connections [DESIGN seam 3].
+//!
+//! A [`Session`] holds what MQTT says survives a disconnect: subscriptions,
+//! messages queued for the client, outbound QoS 1/2 messages in flight and
+//! inbound QoS 2 packet ids awaiting PUBREL. A connection *attaches* to a
+//! session, drains its queue to the socket and detaches when it closes; a
+//! publisher never touches a socket, it only appends to sessions' queues.
+//!
+//! Lock order: router → session state. A session's state lock is held only
+//! for queue and map operations, never across I/O or an await.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::num::NonZeroU16;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use midge_codec::{MqttStr, PacketId, ProtocolVersion, PublishProperties, QoS, SubscriptionOptions};
+use parking_lot::Mutex;
+use tokio::sync::{Notify, oneshot};
+
+/// An application message as the broker routes it: shared by every
+/// subscriber it fans out to, so the payload is never copied.
+#[derive(Debug)]
+pub(crate) struct Message {
+    pub(crate) topic: MqttStr,
+    pub(crate) payload: Bytes,
+    /// QoS it was published with.
+    pub(crate) qos: QoS,
+    pub(crate) properties: PublishProperties,
+}
+
+/// One message on its way to one session.
+#[derive(Debug, Clone)]
+pub(crate) struct Delivery {
+    pub(crate) message: Arc<Message>,
+    /// min(publish QoS, subscription QoS).
+    pub(crate) qos: QoS,
+    /// RETAIN flag on the wire: set only when sent because of a new
+    /// subscription [MQTT-3.3.1-8], [MQTT-3.3.1-9].
+    pub(crate) retain: bool,
+}
+
+/// Where an outbound QoS 1/2 message stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum InflightState {
+    /// PUBLISH sent, waiting for PUBACK (QoS 1) or PUBREC (QoS 2).
+    ExpectAck,
+    /// PUBREL sent, waiting for PUBCOMP.
+    ExpectComp,
+}
+
+#[derive(Debug)]
+pub(crate) struct Inflight {
+    pub(crate) packet_id: PacketId,
+    pub(crate) delivery: Delivery,
+    pub(crate) state: InflightState,
+}
+
+/// Why a connection was told to go away.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kick {
+    /// Another connection took the session over [MQTT-3.1.4-2]. `publish_will`
+    /// is false when the session continues, as Mosquitto does.
+    TakenOver { publish_will: bool },
+}
+
+/// The connection currently attached to a session.
+#[derive(Debug)]
+pub(crate) struct Owner {
+    pub(crate) connection_id: u64,
+    /// Wakes the connection's task when something is queued.
+    pub(crate) wake: Arc<Notify>,
+    kick: Option<oneshot::Sender<Kick>>,
+}
+
+/// A session: one per client id.
+#[derive(Debug)]
+pub(crate) struct Session {
+    pub(crate) client_id: Arc<str>,
+    pub(crate) state: Mutex<SessionState>,
+}
+
+#[derive(Debug)]
+pub(crate) struct SessionState {
+    /// The attached connection; `None` while the client is away.
+    pub(crate) owner: Option<Owner>,
+    /// Clean session (3.x): discarded when the connection ends [MQTT-3.1.2-6].
+    pub(crate) clean: bool,
+    pub(crate) protocol: ProtocolVersion,
+    /// Set once the session is discarded; a late publisher that still holds
+    /// it (through a router snapshot) then drops instead of queueing.
+    pub(crate) discarded: bool,
+    pub(crate) subscriptions: HashMap<String, SubscriptionOptions>,
+    /// Messages not yet sent: waiting for a connection or a free in-flight slot.
+    pub(crate) queue: VecDeque<Delivery>,
+    /// Sent QoS 1/2 messages not yet acknowledged, in send order.
+    pub(crate) inflight: VecDeque<Inflight>,
+    next_packet_id: u16,
+    /// Inbound QoS 2 packet ids between PUBREC and PUBREL: a re-sent PUBLISH
+    /// with one of these ids is not routed again [MQTT-4.3.3-2].
+    pub(crate) awaiting_rel: HashSet<u16>,
+}
+
+/// What [`Session::enqueue`] did with a delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Enqueued {
+    Queued,
+    DroppedQueueFull,
+    DroppedQoS0Offline,
+    DroppedDiscarded,
+}
+
+impl Session {
+    pub(crate) fn new(client_id: Arc<str>, clean: bool, protocol: ProtocolVersion) -> Session {
+        Session {
+            client_id,
+            state: Mutex::new(SessionState {
+                owner: None,
+                clean,
+                protocol,
+                discarded: false,
+                subscriptions: HashMap::new(),
+                queue: VecDeque::new(),
+                inflight: VecDeque::new(),
+                next_packet_id: 0,
+                awaiting_rel: HashSet::new(),
+            }),
+        }
+    }
+
+    /// Appends a delivery for the client and wakes its connection. Bounded
+    /// by `max_queued`; QoS 0 is not kept for an absent client (Mosquitto's
+    /// default `queue_qos0_messages false`).
+    pub(crate) fn enqueue(&self, delivery: Delivery, max_queued: usize) -> Enqueued {
+        let mut state = self.state.lock();
+        if state.discarded {
+            return Enqueued::DroppedDiscarded;
+        }
+        let Some(owner) = &state.owner else {
+            if delivery.qos == QoS::AtMostOnce {
+                return Enqueued::DroppedQoS0Offline;
+            }
+            if state.queue.len() >= max_queued {
+                return Enqueued::DroppedQueueFull;
+            }
+            state.queue.push_back(delivery);
+            return Enqueued::Queued;
+        };
+        if state.queue.len() >= max_queued {
+            return Enqueued::DroppedQueueFull;
+        }
+        let wake_needed = state.queue.is_empty();
+        let wake = wake_needed.then(|| owner.wake.clone());
+        state.queue.push_back(delivery);
+        drop(state);
+        // One wake per empty→non-empty transition: the connection drains the
+        // whole queue each time it runs.
+        if let Some(wake) = wake {
+            wake.notify_one();
+        }
+        Enqueued::Queued
+    }
+}
+
+impl SessionState {
+    pub(crate) fn is_owned_by(&self, connection_id: u64) -> bool {
+        self.owner.as_ref().is_some_and(|o| o.connection_id == connection_id)
+    }
+
+    /// Attaches a connection, kicking any other one. Returns nothing; the
+    /// kicked connection notices through its oneshot.
+    pub(crate) fn attach(&mut self, connection_id: u64, wake: Arc<Notify>, kick: oneshot::Sender<Kick>, reason: Kick) {
+        if let Some(mut old) = self.owner.take()
+            && let Some(tx) = old.kick.take()
+        {
+            let _ = tx.send(reason);
+        }
+        self.owner = Some(Owner { connection_id, wake, kick: Some(kick) });
+    }
+
+    /// Ends the session: kicks its connection, if any, and drops its
+    /// queue. Returns its subscription filters for the caller to remove
+    /// from the router (which must not be locked while this lock is held).
+    pub(crate) fn discard(&mut self, reason: Kick) -> Vec<String> {
+        if let Some(mut old) = self.owner.take()
+            && let Some(tx) = old.kick.take()
+        {
+            let _ = tx.send(reason);
+        }
+        self.discarded = true;
+        self.queue.clear();
+        self.inflight.clear();
+        self.awaiting_rel.clear();
+        self.subscriptions.drain().map(|(filter, _)| filter).collect()
+    }
+
+    /// Allocates an unused non-zero packet id [MQTT-2.3.1-2].
+    pub(crate) fn next_packet_id(&mut self) -> PacketId {
+        loop {
+            self.next_packet_id = self.next_packet_id.wrapping_add(1);
+            let Some(id) = NonZeroU16::new(self.next_packet_id) else { continue };
+            if !self.inflight.iter().any(|f| f.packet_id == id) {
+                return id;
+            }
+        }
+    }
+
+    /// Moves queued deliveries that fit into the in-flight window to `out`,
+    /// giving QoS 1/2 ones a packet id. Stops at the first QoS > 0 delivery
+    /// that does not fit, so order is kept [MQTT-4.6.0-6].
+    pub(crate) fn take_sendable(&mut self, window: usize, out: &mut Vec<(Delivery, Option<PacketId>)>) {
+        while let Some(front) = self.queue.front() {
+            if front.qos == QoS::AtMostOnce {
+                let d = self.queue.pop_front().expect("front exists");
+                out.push((d, None));
+                continue;
+            }
+            if self.inflight.len() >= window {
+                break;
+            }
+            let d = self.queue.pop_front().expect("front exists");
+            let id = self.next_packet_id();
+            self.inflight.push_back(Inflight { packet_id: id, delivery: d.clone(), state: InflightState::ExpectAck });
+            out.push((d, Some(id)));
+        }
+    }
+
+    /// Finds an in-flight message by id; acks usually come in order, so the
+    /// front is checked first.
+    pub(crate) fn inflight_position(&self, id: PacketId) -> Option<usize> {
+        self.inflight.iter().position(|f| f.packet_id == id)
+    }
+}

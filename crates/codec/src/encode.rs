@@ -1,0 +1,554 @@
+//! Packets to bytes.
+//!
+//! Each packet body is described once, by a function generic over a
+//! [`Sink`]: run with a [`Counter`] it yields the length (and any field that
+//! cannot be encoded), run with a [`Writer`] it appends the bytes. So
+//! [`encode`] counts, reserves once and writes, with no intermediate buffer,
+//! and [`encoded_len`] can never disagree with it.
+
+use bytes::{BufMut, BytesMut};
+
+use crate::decode::*;
+use crate::error::EncodeError;
+use crate::packet::*;
+use crate::reason::ReasonCode;
+
+/// Appends the encoding of `packet` for `version` to `buf`.
+///
+/// CONNECT is encoded for its own `protocol_version` (the field decides,
+/// as on decode). Fields the version does not carry (v5 properties and
+/// reason codes in 3.x) are dropped; 3.x CONNACK and SUBACK codes are
+/// mapped onto the 3.x return codes. On error nothing is appended.
+pub fn encode(
+    packet: &Packet,
+    version: ProtocolVersion,
+    buf: &mut BytesMut,
+) -> Result<(), EncodeError> {
+    if let Packet::Publish(publish) = packet {
+        return encode_publish(publish, version, buf);
+    }
+    let mut counter = Counter::default();
+    body(packet, version, &mut counter);
+    let len = counter.finish()?;
+    write_fixed_header(buf, first_byte(packet), len);
+    body(packet, version, &mut Writer(buf));
+    Ok(())
+}
+
+/// Total encoded size of `packet` for `version`, fixed header included.
+///
+/// For a packet [`encode`] refuses, this is the size it would have had.
+pub fn encoded_len(packet: &Packet, version: ProtocolVersion) -> usize {
+    let mut counter = Counter::default();
+    body(packet, version, &mut counter);
+    total_len(counter.len)
+}
+
+/// Appends the encoding of `publish` for `version` to `buf`: the hot path
+/// of fan-out. Reserves once, then writes the header, topic, properties and
+/// payload; the payload is copied once, from the shared [`bytes::Bytes`].
+pub fn encode_publish(
+    publish: &Publish,
+    version: ProtocolVersion,
+    buf: &mut BytesMut,
+) -> Result<(), EncodeError> {
+    let mut counter = Counter::default();
+    publish_body(publish, version, &mut counter);
+    let len = counter.finish()?;
+    write_fixed_header(buf, publish_first_byte(publish), len);
+    publish_body(publish, version, &mut Writer(buf));
+    Ok(())
+}
+
+/// Total encoded size of `publish` for `version`, fixed header included.
+pub fn publish_encoded_len(publish: &Publish, version: ProtocolVersion) -> usize {
+    let mut counter = Counter::default();
+    publish_body(publish, version, &mut counter);
+    total_len(counter.len)
+}
+
+fn total_len(remaining: usize) -> usize {
+    1 + varint_len(remaining) + remaining
+}
+
+/// Bytes a Variable Byte Integer takes (values above the maximum are
+/// refused before they are written).
+fn varint_len(value: usize) -> usize {
+    match value {
+        0..=127 => 1,
+        128..=16_383 => 2,
+        16_384..=2_097_151 => 3,
+        _ => 4,
+    }
+}
+
+fn write_fixed_header(buf: &mut BytesMut, first: u8, remaining: usize) {
+    buf.reserve(total_len(remaining));
+    buf.put_u8(first);
+    // `Counter::finish` has checked remaining <= MAX_VARINT.
+    Writer(buf).varint(remaining as u32);
+}
+
+fn publish_first_byte(p: &Publish) -> u8 {
+    0x30 | (u8::from(p.dup) << 3) | ((p.qos as u8) << 1) | u8::from(p.retain)
+}
+
+fn first_byte(packet: &Packet) -> u8 {
+    match packet {
+        Packet::Connect(_) => 0x10,
+        Packet::ConnAck(_) => 0x20,
+        Packet::Publish(p) => publish_first_byte(p),
+        Packet::PubAck(_) => 0x40,
+        Packet::PubRec(_) => 0x50,
+        Packet::PubRel(_) => 0x62,
+        Packet::PubComp(_) => 0x70,
+        Packet::Subscribe(_) => 0x82,
+        Packet::SubAck(_) => 0x90,
+        Packet::Unsubscribe(_) => 0xA2,
+        Packet::UnsubAck(_) => 0xB0,
+        Packet::PingReq => 0xC0,
+        Packet::PingResp => 0xD0,
+        Packet::Disconnect(_) => 0xE0,
+        Packet::Auth(_) => 0xF0,
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Sinks.
+
+/// Where a packet body goes: counted or written.
+trait Sink {
+    fn u8(&mut self, v: u8);
+    fn u16(&mut self, v: u16);
+    fn u32(&mut self, v: u32);
+    /// A Variable Byte Integer; values above `MAX_VARINT` fail the count.
+    fn varint(&mut self, v: u32);
+    /// Raw bytes (a payload).
+    fn raw(&mut self, b: &[u8]);
+    /// Binary Data / UTF-8 string: two-byte length, then the bytes;
+    /// longer than 65,535 fails the count.
+    fn binary(&mut self, b: &[u8]);
+    /// Records a reason the packet cannot be encoded (the counter keeps
+    /// the first; the writer never sees one, as it runs only after a
+    /// successful count).
+    fn fail(&mut self, err: EncodeError);
+    /// Writes the length of a property block counted by `counter`.
+    fn property_length(&mut self, counter: Counter);
+
+    fn str(&mut self, s: &str) {
+        self.binary(s.as_bytes());
+    }
+
+    fn prop_u8(&mut self, id: u8, v: Option<u8>) {
+        if let Some(v) = v {
+            self.u8(id);
+            self.u8(v);
+        }
+    }
+
+    fn prop_bool(&mut self, id: u8, v: Option<bool>) {
+        self.prop_u8(id, v.map(u8::from));
+    }
+
+    fn prop_u16(&mut self, id: u8, v: Option<u16>) {
+        if let Some(v) = v {
+            self.u8(id);
+            self.u16(v);
+        }
+    }
+
+    fn prop_u32(&mut self, id: u8, v: Option<u32>) {
+        if let Some(v) = v {
+            self.u8(id);
+            self.u32(v);
+        }
+    }
+
+    fn prop_varint(&mut self, id: u8, v: u32) {
+        self.u8(id);
+        self.varint(v);
+    }
+
+    fn prop_str(&mut self, id: u8, v: Option<&str>) {
+        if let Some(v) = v {
+            self.u8(id);
+            self.str(v);
+        }
+    }
+
+    fn prop_bin(&mut self, id: u8, v: Option<&[u8]>) {
+        if let Some(v) = v {
+            self.u8(id);
+            self.binary(v);
+        }
+    }
+
+    fn user_properties(&mut self, props: &[UserProperty]) {
+        for (key, value) in props {
+            self.u8(USER_PROPERTY);
+            self.str(key);
+            self.str(value);
+        }
+    }
+}
+
+/// Counts bytes and remembers the first field that cannot be encoded.
+#[derive(Default)]
+struct Counter {
+    len: usize,
+    err: Option<EncodeError>,
+}
+
+impl Counter {
+    fn finish(self) -> Result<usize, EncodeError> {
+        if let Some(err) = self.err {
+            return Err(err);
+        }
+        if self.len > MAX_VARINT as usize {
+            return Err(EncodeError::PacketTooLarge(self.len));
+        }
+        Ok(self.len)
+    }
+}
+
+impl Sink for Counter {
+    fn u8(&mut self, _: u8) {
+        self.len += 1;
+    }
+    fn u16(&mut self, _: u16) {
+        self.len += 2;
+    }
+    fn u32(&mut self, _: u32) {
+        self.len += 4;
+    }
+    fn varint(&mut self, v: u32) {
+        if v > MAX_VARINT {
+            self.fail(EncodeError::VariableByteIntegerTooLarge(v));
+        }
+        self.len += varint_len(v as usize);
+    }
+    fn raw(&mut self, b: &[u8]) {
+        self.len += b.len();
+    }
+    fn binary(&mut self, b: &[u8]) {
+        if b.len() > usize::from(u16::MAX) {
+            self.fail(EncodeError::FieldTooLong(b.len()));
+        }
+        self.len += 2 + b.len();
+    }
+    fn fail(&mut self, err: EncodeError) {
+        self.err.get_or_insert(err);
+    }
+    fn property_length(&mut self, counter: Counter) {
+        if let Some(err) = counter.err {
+            self.fail(err);
+        }
+        // A property block above MAX_VARINT makes the packet too large too.
+        self.len += varint_len(counter.len);
+    }
+}
+
+/// Appends to the caller's buffer.
+struct Writer<'a>(&'a mut BytesMut);
+
+impl Sink for Writer<'_> {
+    fn u8(&mut self, v: u8) {
+        self.0.put_u8(v);
+    }
+    fn u16(&mut self, v: u16) {
+        self.0.put_u16(v);
+    }
+    fn u32(&mut self, v: u32) {
+        self.0.put_u32(v);
+    }
+    fn varint(&mut self, mut v: u32) {
+        loop {
+            let byte = (v & 0x7F) as u8;
+            v >>= 7;
+            if v == 0 {
+                self.0.put_u8(byte);
+                return;
+            }
+            self.0.put_u8(byte | 0x80);
+        }
+    }
+    fn raw(&mut self, b: &[u8]) {
+        self.0.put_slice(b);
+    }
+    fn binary(&mut self, b: &[u8]) {
+        // The count refused anything longer.
+        self.u16(b.len() as u16);
+        self.0.put_slice(b);
+    }
+    fn fail(&mut self, _: EncodeError) {}
+    fn property_length(&mut self, counter: Counter) {
+        self.varint(counter.len as u32);
+    }
+}
+
+/// Writes a v5 property block: its length, then the properties.
+fn property_block(s: &mut dyn Sink, props: impl Fn(&mut dyn Sink)) {
+    let mut counter = Counter::default();
+    props(&mut counter);
+    s.property_length(counter);
+    props(s);
+}
+
+fn ack_properties_empty(p: &AckProperties) -> bool {
+    p.reason_string.is_none() && p.user_properties.is_empty()
+}
+
+fn ack_properties(s: &mut dyn Sink, p: &AckProperties) {
+    property_block(s, |s| {
+        s.prop_str(REASON_STRING, p.reason_string.as_deref());
+        s.user_properties(&p.user_properties);
+    });
+}
+
+// ---------------------------------------------------------------------------
+// Packet bodies (everything after the remaining length).
+
+fn body(packet: &Packet, version: ProtocolVersion, s: &mut dyn Sink) {
+    let v5 = version.is_v5();
+    match packet {
+        Packet::Connect(c) => connect_body(c, s),
+        Packet::ConnAck(c) => connack_body(c, v5, s),
+        Packet::Publish(p) => publish_body(p, version, s),
+        Packet::PubAck(a) | Packet::PubRec(a) | Packet::PubRel(a) | Packet::PubComp(a) => {
+            s.u16(a.packet_id.get());
+            let no_properties = ack_properties_empty(&a.properties);
+            if v5 && (a.reason_code != ReasonCode::Success || !no_properties) {
+                s.u8(a.reason_code.as_u8());
+                if !no_properties {
+                    ack_properties(s, &a.properties);
+                }
+            }
+        }
+        Packet::Subscribe(sub) => {
+            s.u16(sub.packet_id.get());
+            if v5 {
+                let p = &sub.properties;
+                property_block(s, |s| {
+                    if let Some(id) = p.subscription_identifier {
+                        s.prop_varint(SUBSCRIPTION_IDENTIFIER, id);
+                    }
+                    s.user_properties(&p.user_properties);
+                });
+            }
+            for subscription in &sub.subscriptions {
+                s.str(&subscription.topic_filter);
+                let o = &subscription.options;
+                let mut byte = o.qos as u8;
+                if v5 {
+                    byte |= u8::from(o.no_local) << 2
+                        | u8::from(o.retain_as_published) << 3
+                        | (o.retain_handling as u8) << 4;
+                }
+                s.u8(byte);
+            }
+        }
+        Packet::SubAck(ack) => {
+            s.u16(ack.packet_id.get());
+            if v5 {
+                ack_properties(s, &ack.properties);
+            }
+            for code in &ack.reason_codes {
+                s.u8(if v5 {
+                    code.as_u8()
+                } else {
+                    v3_suback_code(*code)
+                });
+            }
+        }
+        Packet::Unsubscribe(unsub) => {
+            s.u16(unsub.packet_id.get());
+            if v5 {
+                property_block(s, |s| s.user_properties(&unsub.user_properties));
+            }
+            for filter in &unsub.topic_filters {
+                s.str(filter);
+            }
+        }
+        Packet::UnsubAck(ack) => {
+            s.u16(ack.packet_id.get());
+            if v5 {
+                ack_properties(s, &ack.properties);
+                for code in &ack.reason_codes {
+                    s.u8(code.as_u8());
+                }
+            }
+        }
+        Packet::PingReq | Packet::PingResp => {}
+        Packet::Disconnect(d) => {
+            let p = &d.properties;
+            let no_properties = p.session_expiry_interval.is_none()
+                && p.reason_string.is_none()
+                && p.user_properties.is_empty()
+                && p.server_reference.is_none();
+            if v5 && (d.reason_code != ReasonCode::Success || !no_properties) {
+                s.u8(d.reason_code.as_u8());
+                if !no_properties {
+                    property_block(s, |s| {
+                        s.prop_u32(SESSION_EXPIRY_INTERVAL, p.session_expiry_interval);
+                        s.prop_str(REASON_STRING, p.reason_string.as_deref());
+                        s.user_properties(&p.user_properties);
+                        s.prop_str(SERVER_REFERENCE, p.server_reference.as_deref());
+                    });
+                }
+            }
+        }
+        Packet::Auth(a) => {
+            if !v5 {
+                s.fail(EncodeError::NotInVersion { packet: "AUTH" });
+                return;
+            }
+            let p = &a.properties;
+            let no_properties = p.authentication_method.is_none()
+                && p.authentication_data.is_none()
+                && p.reason_string.is_none()
+                && p.user_properties.is_empty();
+            if a.reason_code != ReasonCode::Success || !no_properties {
+                s.u8(a.reason_code.as_u8());
+                if !no_properties {
+                    property_block(s, |s| {
+                        s.prop_str(AUTHENTICATION_METHOD, p.authentication_method.as_deref());
+                        s.prop_bin(AUTHENTICATION_DATA, p.authentication_data.as_deref());
+                        s.prop_str(REASON_STRING, p.reason_string.as_deref());
+                        s.user_properties(&p.user_properties);
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// 3.x SUBACK return codes: 0, 1, 2, or 0x80 for any failure.
+fn v3_suback_code(code: ReasonCode) -> u8 {
+    match code {
+        ReasonCode::Success | ReasonCode::GrantedQoS1 | ReasonCode::GrantedQoS2 => code.as_u8(),
+        _ => 0x80,
+    }
+}
+
+fn connect_body(c: &Connect, s: &mut dyn Sink) {
+    let version = c.protocol_version;
+    let v5 = version.is_v5();
+    s.str(version.protocol_name());
+    s.u8(version.level());
+    if !v5 && c.password.is_some() && c.username.is_none() {
+        s.fail(EncodeError::PasswordWithoutUsername);
+    }
+    let mut flags = u8::from(c.clean_start) << 1;
+    if let Some(will) = &c.will {
+        flags |= 0b100 | (will.qos as u8) << 3 | u8::from(will.retain) << 5;
+    }
+    flags |= u8::from(c.password.is_some()) << 6 | u8::from(c.username.is_some()) << 7;
+    s.u8(flags);
+    s.u16(c.keep_alive);
+    if v5 {
+        let p = &c.properties;
+        property_block(s, |s| {
+            s.prop_u32(SESSION_EXPIRY_INTERVAL, p.session_expiry_interval);
+            s.prop_u16(RECEIVE_MAXIMUM, p.receive_maximum);
+            s.prop_u32(MAXIMUM_PACKET_SIZE, p.maximum_packet_size);
+            s.prop_u16(TOPIC_ALIAS_MAXIMUM, p.topic_alias_maximum);
+            s.prop_bool(REQUEST_RESPONSE_INFORMATION, p.request_response_information);
+            s.prop_bool(REQUEST_PROBLEM_INFORMATION, p.request_problem_information);
+            s.user_properties(&p.user_properties);
+            s.prop_str(AUTHENTICATION_METHOD, p.authentication_method.as_deref());
+            s.prop_bin(AUTHENTICATION_DATA, p.authentication_data.as_deref());
+        });
+    }
+    s.str(&c.client_id);
+    if let Some(will) = &c.will {
+        if v5 {
+            let p = &will.properties;
+            property_block(s, |s| {
+                s.prop_u32(WILL_DELAY_INTERVAL, p.will_delay_interval);
+                s.prop_u8(PAYLOAD_FORMAT_INDICATOR, p.payload_format_indicator);
+                s.prop_u32(MESSAGE_EXPIRY_INTERVAL, p.message_expiry_interval);
+                s.prop_str(CONTENT_TYPE, p.content_type.as_deref());
+                s.prop_str(RESPONSE_TOPIC, p.response_topic.as_deref());
+                s.prop_bin(CORRELATION_DATA, p.correlation_data.as_deref());
+                s.user_properties(&p.user_properties);
+            });
+        }
+        s.str(&will.topic);
+        s.binary(&will.payload);
+    }
+    if let Some(username) = &c.username {
+        s.str(username);
+    }
+    if let Some(password) = &c.password {
+        s.binary(password);
+    }
+}
+
+fn connack_body(c: &ConnAck, v5: bool, s: &mut dyn Sink) {
+    s.u8(u8::from(c.session_present));
+    if !v5 {
+        s.u8(c.reason_code.to_v3_connack());
+        return;
+    }
+    s.u8(c.reason_code.as_u8());
+    let p = &c.properties;
+    property_block(s, |s| {
+        s.prop_u32(SESSION_EXPIRY_INTERVAL, p.session_expiry_interval);
+        s.prop_u16(RECEIVE_MAXIMUM, p.receive_maximum);
+        // Only 0 or 1 may be sent; an absent Maximum QoS means 2.
+        let maximum_qos = p.maximum_qos.filter(|q| *q != QoS::ExactlyOnce);
+        s.prop_u8(MAXIMUM_QOS, maximum_qos.map(|q| q as u8));
+        s.prop_bool(RETAIN_AVAILABLE, p.retain_available);
+        s.prop_u32(MAXIMUM_PACKET_SIZE, p.maximum_packet_size);
+        s.prop_str(
+            ASSIGNED_CLIENT_IDENTIFIER,
+            p.assigned_client_identifier.as_deref(),
+        );
+        s.prop_u16(TOPIC_ALIAS_MAXIMUM, p.topic_alias_maximum);
+        s.prop_str(REASON_STRING, p.reason_string.as_deref());
+        s.user_properties(&p.user_properties);
+        s.prop_bool(
+            WILDCARD_SUBSCRIPTION_AVAILABLE,
+            p.wildcard_subscription_available,
+        );
+        s.prop_bool(
+            SUBSCRIPTION_IDENTIFIER_AVAILABLE,
+            p.subscription_identifiers_available,
+        );
+        s.prop_bool(
+            SHARED_SUBSCRIPTION_AVAILABLE,
+            p.shared_subscription_available,
+        );
+        s.prop_u16(SERVER_KEEP_ALIVE, p.server_keep_alive);
+        s.prop_str(RESPONSE_INFORMATION, p.response_information.as_deref());
+        s.prop_str(SERVER_REFERENCE, p.server_reference.as_deref());
+        s.prop_str(AUTHENTICATION_METHOD, p.authentication_method.as_deref());
+        s.prop_bin(AUTHENTICATION_DATA, p.authentication_data.as_deref());
+    });
+}
+
+fn publish_body(p: &Publish, version: ProtocolVersion, s: &mut dyn Sink) {
+    s.str(&p.topic);
+    if p.qos != QoS::AtMostOnce {
+        match p.packet_id {
+            Some(id) => s.u16(id.get()),
+            None => s.fail(EncodeError::MissingPacketId),
+        }
+    }
+    if version.is_v5() {
+        let props = &p.properties;
+        property_block(s, |s| {
+            s.prop_u8(PAYLOAD_FORMAT_INDICATOR, props.payload_format_indicator);
+            s.prop_u32(MESSAGE_EXPIRY_INTERVAL, props.message_expiry_interval);
+            s.prop_u16(TOPIC_ALIAS, props.topic_alias);
+            s.prop_str(RESPONSE_TOPIC, props.response_topic.as_deref());
+            s.prop_bin(CORRELATION_DATA, props.correlation_data.as_deref());
+            s.user_properties(&props.user_properties);
+            for id in &props.subscription_identifiers {
+                s.prop_varint(SUBSCRIPTION_IDENTIFIER, *id);
+            }
+            s.prop_str(CONTENT_TYPE, props.content_type.as_deref());
+        });
+    }
+    s.raw(&p.payload);
+}

@@ -1,0 +1,32 @@
+//! midge-codec: a sans-IO codec for MQTT 3.1, 3.1.1 and 5.0.
+//!
+//! Bytes in, packets out, and back; no sockets, no async, no `unsafe`.
+//!
+//! ```text
+//!   &mut BytesMut ──decode()──▶ Ok(Some(Packet)) | Ok(None) "need more" | Err(DecodeError)
+//!   &Packet ──encode()──▶ appended to &mut BytesMut
+//! ```
+//!
+//! Every version decodes into one packet model ([`Packet`]), so the broker
+//! handles each packet once. Decoding checks the declared remaining length
+//! against the caller's maximum packet size *before* buffering the body, so
+//! a peer cannot make us allocate more than that bound. Every malformed input
+//! is a [`DecodeError`] naming the rule it breaks and mapping to a v5
+//! [`ReasonCode`].
+
+#![warn(missing_docs)]
+
+mod decode;
+mod encode;
+mod error;
+pub mod packet;
+pub mod reason;
+pub mod string;
+pub mod topic;
+
+pub use decode::decode;
+pub use encode::{encode, encode_publish, encoded_len, publish_encoded_len};
+pub use error::{DecodeError, EncodeError};
+pub use packet::*;
+pub use reason::ReasonCode;
+pub use string::MqttStr;
