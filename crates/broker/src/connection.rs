@@ -251,8 +251,26 @@ impl Conn {
         self.drain();
         loop {
             if !self.wbuf.is_empty() {
+                // A client that stops reading blocks only itself; it can
+                // still be taken over, shut down or timed out meanwhile.
                 let n = self.wbuf.len();
-                if let Err(e) = stream.write_all(&self.wbuf).await {
+                let mut write = std::pin::pin!(stream.write_all(&self.wbuf));
+                let written = loop {
+                    tokio::select! {
+                        biased;
+                        kick = &mut kick_rx => return Close::Kicked(kick.unwrap_or(Kick::TakenOver { publish_will: false })),
+                        _ = shutdown.cancelled() => return Close::Shutdown,
+                        _ = &mut timer, if keep_alive.is_some() => {
+                            let keep_alive = keep_alive.unwrap_or(far);
+                            if last_packet.elapsed() >= keep_alive {
+                                return Close::KeepAliveTimeout;
+                            }
+                            timer.as_mut().reset(last_packet + keep_alive);
+                        }
+                        w = &mut write => break w,
+                    }
+                };
+                if let Err(e) = written {
                     return Close::Io(e);
                 }
                 Metrics::add(&self.shared.metrics.bytes_sent, n as u64);
