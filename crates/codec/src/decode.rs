@@ -27,6 +27,21 @@ pub(crate) const MAX_VARINT: u32 = 268_435_455;
 /// and level. `max_packet_size` bounds the whole packet (fixed header
 /// included); it is checked as soon as the remaining length is known,
 /// before the body has arrived.
+///
+/// ```
+/// use bytes::BytesMut;
+/// use midge_codec::{Packet, ProtocolVersion, decode, encode};
+///
+/// let mut buf = BytesMut::new();
+/// encode(&Packet::PingReq, ProtocolVersion::V5, &mut buf)?;
+/// assert_eq!(&buf[..], [0xC0, 0x00]);
+/// let mut partial = buf.split_to(1);
+/// assert_eq!(decode(&mut partial, ProtocolVersion::V5, 1024)?, None);
+/// partial.unsplit(buf);
+/// assert_eq!(decode(&mut partial, ProtocolVersion::V5, 1024)?, Some(Packet::PingReq));
+/// assert!(partial.is_empty());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub fn decode(
     buf: &mut BytesMut,
     version: ProtocolVersion,
@@ -60,15 +75,12 @@ pub fn decode(
     // header_len <= 5 and remaining <= MAX_VARINT, so this cannot overflow.
     let size = remaining + header_len as u32;
     if size > max_packet_size {
-        return Err(DecodeError::PacketTooLarge {
-            size,
-            max: max_packet_size,
-        });
+        return Err(DecodeError::PacketTooLarge { size, max: max_packet_size });
     }
     let size = size as usize;
     if buf.len() < size {
-        // Bounded by max_packet_size: safe to reserve what the header declares.
-        buf.reserve(size - buf.len());
+        // Nothing is reserved for the declared body: the caller's reads grow
+        // the buffer as bytes actually arrive.
         return Ok(None);
     }
 
@@ -80,11 +92,7 @@ pub fn decode(
 
 /// Checks the packet type and the flag bits the spec fixes for it
 /// [MQTT-2.2.2-1].
-fn check_fixed_header(
-    packet_type: u8,
-    flags: u8,
-    version: ProtocolVersion,
-) -> Result<(), DecodeError> {
+fn check_fixed_header(packet_type: u8, flags: u8, version: ProtocolVersion) -> Result<(), DecodeError> {
     let expected = match packet_type {
         0 => return Err(DecodeError::InvalidPacketType(0)),
         3 => {
@@ -103,23 +111,14 @@ fn check_fixed_header(
         _ => 0,
     };
     // MQTT 3.1 sent these three "at QoS 1" and set DUP on a retry.
-    let flags = if version == ProtocolVersion::V3_1 && expected == 0b0010 {
-        flags & !0b1000
-    } else {
-        flags
-    };
+    let flags = if version == ProtocolVersion::V3_1 && expected == 0b0010 { flags & !0b1000 } else { flags };
     if flags != expected {
         return Err(DecodeError::InvalidFixedHeaderFlags { packet_type });
     }
     Ok(())
 }
 
-fn decode_body(
-    packet_type: u8,
-    flags: u8,
-    version: ProtocolVersion,
-    mut r: Reader,
-) -> Result<Packet, DecodeError> {
+fn decode_body(packet_type: u8, flags: u8, version: ProtocolVersion, mut r: Reader) -> Result<Packet, DecodeError> {
     let v5 = version.is_v5();
     let packet = match packet_type {
         1 => Packet::Connect(Box::new(decode_connect(&mut r)?)),
@@ -160,11 +159,7 @@ impl Reader {
 
     /// Fails unless everything was read.
     fn finish(&self) -> Result<(), DecodeError> {
-        if self.buf.is_empty() {
-            Ok(())
-        } else {
-            Err(DecodeError::TrailingBytes)
-        }
+        if self.buf.is_empty() { Ok(()) } else { Err(DecodeError::TrailingBytes) }
     }
 
     fn take(&mut self, n: usize) -> Result<Bytes, DecodeError> {
@@ -180,10 +175,7 @@ impl Reader {
     }
 
     fn array<const N: usize>(&mut self) -> Result<[u8; N], DecodeError> {
-        let bytes = *self
-            .buf
-            .first_chunk::<N>()
-            .ok_or(DecodeError::UnexpectedEof)?;
+        let bytes = *self.buf.first_chunk::<N>().ok_or(DecodeError::UnexpectedEof)?;
         self.buf.advance(N);
         Ok(bytes)
     }
@@ -248,9 +240,7 @@ impl Reader {
 
     /// Splits off the next `len` bytes as their own reader.
     fn sub(&mut self, len: usize) -> Result<Reader, DecodeError> {
-        Ok(Reader {
-            buf: self.take(len)?,
-        })
+        Ok(Reader { buf: self.take(len)? })
     }
 }
 
@@ -258,19 +248,17 @@ impl Reader {
 // Reason codes allowed per packet (v5 section 2.4 and each packet's section).
 
 const CONNACK_CODES: &[u8] = &[
-    0x00, 0x80, 0x81, 0x82, 0x83, 0x84, 0x85, 0x86, 0x87, 0x88, 0x89, 0x8A, 0x8C, 0x90, 0x95, 0x97,
-    0x99, 0x9A, 0x9B, 0x9C, 0x9D, 0x9F,
+    0x00, 0x80, 0x81, 0x82, 0x83, 0x84, 0x85, 0x86, 0x87, 0x88, 0x89, 0x8A, 0x8C, 0x90, 0x95, 0x97, 0x99, 0x9A, 0x9B,
+    0x9C, 0x9D, 0x9F,
 ];
 const PUBACK_CODES: &[u8] = &[0x00, 0x10, 0x80, 0x83, 0x87, 0x90, 0x91, 0x97, 0x99];
 const PUBREL_CODES: &[u8] = &[0x00, 0x92];
-const SUBACK_CODES: &[u8] = &[
-    0x00, 0x01, 0x02, 0x80, 0x83, 0x87, 0x8F, 0x91, 0x97, 0x9E, 0xA1, 0xA2,
-];
+const SUBACK_CODES: &[u8] = &[0x00, 0x01, 0x02, 0x80, 0x83, 0x87, 0x8F, 0x91, 0x97, 0x9E, 0xA1, 0xA2];
 const SUBACK_V3_CODES: &[u8] = &[0x00, 0x01, 0x02, 0x80];
 const UNSUBACK_CODES: &[u8] = &[0x00, 0x11, 0x80, 0x83, 0x87, 0x8F, 0x91];
 const DISCONNECT_CODES: &[u8] = &[
-    0x00, 0x04, 0x80, 0x81, 0x82, 0x83, 0x87, 0x89, 0x8B, 0x8D, 0x8E, 0x8F, 0x90, 0x93, 0x94, 0x95,
-    0x96, 0x97, 0x98, 0x99, 0x9A, 0x9B, 0x9C, 0x9D, 0x9E, 0x9F, 0xA0, 0xA1, 0xA2,
+    0x00, 0x04, 0x80, 0x81, 0x82, 0x83, 0x87, 0x89, 0x8B, 0x8D, 0x8E, 0x8F, 0x90, 0x93, 0x94, 0x95, 0x96, 0x97, 0x98,
+    0x99, 0x9A, 0x9B, 0x9C, 0x9D, 0x9E, 0x9F, 0xA0, 0xA1, 0xA2,
 ];
 const AUTH_CODES: &[u8] = &[0x00, 0x18, 0x19];
 
@@ -317,8 +305,8 @@ pub(crate) use prop::*;
 
 /// Every property identifier the spec defines, as a bit mask.
 const KNOWN_PROPERTIES: u64 = bits(&[
-    0x01, 0x02, 0x03, 0x08, 0x09, 0x0B, 0x11, 0x12, 0x13, 0x15, 0x16, 0x17, 0x18, 0x19, 0x1A, 0x1C,
-    0x1F, 0x21, 0x22, 0x23, 0x24, 0x25, 0x26, 0x27, 0x28, 0x29, 0x2A,
+    0x01, 0x02, 0x03, 0x08, 0x09, 0x0B, 0x11, 0x12, 0x13, 0x15, 0x16, 0x17, 0x18, 0x19, 0x1A, 0x1C, 0x1F, 0x21, 0x22,
+    0x23, 0x24, 0x25, 0x26, 0x27, 0x28, 0x29, 0x2A,
 ]);
 
 const fn bits(ids: &[u8]) -> u64 {
@@ -352,14 +340,10 @@ fn read_properties(
             return Err(DecodeError::UnknownProperty(id));
         }
         if !allowed.contains(&id) {
-            return Err(DecodeError::PropertyNotAllowed {
-                property: id,
-                packet,
-            });
+            return Err(DecodeError::PropertyNotAllowed { property: id, packet });
         }
         let bit = 1u64 << id;
-        let may_repeat =
-            id == USER_PROPERTY || (id == SUBSCRIPTION_IDENTIFIER && packet == "PUBLISH");
+        let may_repeat = id == USER_PROPERTY || (id == SUBSCRIPTION_IDENTIFIER && packet == "PUBLISH");
         if seen & bit != 0 && !may_repeat {
             return Err(DecodeError::DuplicateProperty(id));
         }
@@ -420,10 +404,7 @@ fn response_topic(r: &mut Reader) -> Result<String, DecodeError> {
 }
 
 fn not_allowed(id: u8, packet: &'static str) -> DecodeError {
-    DecodeError::PropertyNotAllowed {
-        property: id,
-        packet,
-    }
+    DecodeError::PropertyNotAllowed { property: id, packet }
 }
 
 const ACK_PROPERTIES: &[u8] = &[REASON_STRING, USER_PROPERTY];
@@ -529,9 +510,7 @@ fn decode_connect(r: &mut Reader) -> Result<Connect, DecodeError> {
             read_properties(r, "CONNECT will", ALLOWED, |id, r| {
                 match id {
                     WILL_DELAY_INTERVAL => p.will_delay_interval = Some(r.u32()?),
-                    PAYLOAD_FORMAT_INDICATOR => {
-                        p.payload_format_indicator = Some(payload_format(r)?)
-                    }
+                    PAYLOAD_FORMAT_INDICATOR => p.payload_format_indicator = Some(payload_format(r)?),
                     MESSAGE_EXPIRY_INTERVAL => p.message_expiry_interval = Some(r.u32()?),
                     CONTENT_TYPE => p.content_type = Some(r.string()?),
                     RESPONSE_TOPIC => p.response_topic = Some(response_topic(r)?),
@@ -547,38 +526,15 @@ fn decode_connect(r: &mut Reader) -> Result<Connect, DecodeError> {
             return Err(DecodeError::EmptyTopicName);
         }
         let payload = r.binary()?;
-        Some(Will {
-            topic,
-            payload,
-            qos: will_qos,
-            retain: will_retain,
-            properties,
-        })
+        Some(Will { topic, payload, qos: will_qos, retain: will_retain, properties })
     } else {
         None
     };
 
-    let username = if username_flag {
-        Some(r.string()?)
-    } else {
-        None
-    };
-    let password = if password_flag {
-        Some(r.binary()?)
-    } else {
-        None
-    };
+    let username = if username_flag { Some(r.string()?) } else { None };
+    let password = if password_flag { Some(r.binary()?) } else { None };
 
-    Ok(Connect {
-        protocol_version,
-        clean_start,
-        keep_alive,
-        properties,
-        client_id,
-        will,
-        username,
-        password,
-    })
+    Ok(Connect { protocol_version, clean_start, keep_alive, properties, client_id, will, username, password })
 }
 
 fn decode_connack(r: &mut Reader, v5: bool) -> Result<ConnAck, DecodeError> {
@@ -589,13 +545,8 @@ fn decode_connack(r: &mut Reader, v5: bool) -> Result<ConnAck, DecodeError> {
     let session_present = ack_flags & 1 != 0;
     let code = r.u8()?;
     if !v5 {
-        let reason_code =
-            ReasonCode::from_v3_connack(code).ok_or(DecodeError::InvalidReasonCode(code))?;
-        return Ok(ConnAck {
-            session_present,
-            reason_code,
-            properties: Default::default(),
-        });
+        let reason_code = ReasonCode::from_v3_connack(code).ok_or(DecodeError::InvalidReasonCode(code))?;
+        return Ok(ConnAck { session_present, reason_code, properties: Default::default() });
     }
     let reason_code = reason_code(code, CONNACK_CODES)?;
     let mut properties = ConnAckProperties::default();
@@ -623,25 +574,15 @@ fn decode_connack(r: &mut Reader, v5: bool) -> Result<ConnAck, DecodeError> {
         match id {
             SESSION_EXPIRY_INTERVAL => p.session_expiry_interval = Some(r.u32()?),
             RECEIVE_MAXIMUM => p.receive_maximum = Some(nonzero_u16(r, id)?),
-            MAXIMUM_QOS => {
-                p.maximum_qos = Some(if flag(r, id)? {
-                    QoS::AtLeastOnce
-                } else {
-                    QoS::AtMostOnce
-                })
-            }
+            MAXIMUM_QOS => p.maximum_qos = Some(if flag(r, id)? { QoS::AtLeastOnce } else { QoS::AtMostOnce }),
             RETAIN_AVAILABLE => p.retain_available = Some(flag(r, id)?),
             MAXIMUM_PACKET_SIZE => p.maximum_packet_size = Some(nonzero_u32(r, id)?),
             ASSIGNED_CLIENT_IDENTIFIER => p.assigned_client_identifier = Some(r.string()?),
             TOPIC_ALIAS_MAXIMUM => p.topic_alias_maximum = Some(r.u16()?),
             REASON_STRING => p.reason_string = Some(r.string()?),
             USER_PROPERTY => p.user_properties.push(user_property(r)?),
-            WILDCARD_SUBSCRIPTION_AVAILABLE => {
-                p.wildcard_subscription_available = Some(flag(r, id)?)
-            }
-            SUBSCRIPTION_IDENTIFIER_AVAILABLE => {
-                p.subscription_identifiers_available = Some(flag(r, id)?)
-            }
+            WILDCARD_SUBSCRIPTION_AVAILABLE => p.wildcard_subscription_available = Some(flag(r, id)?),
+            SUBSCRIPTION_IDENTIFIER_AVAILABLE => p.subscription_identifiers_available = Some(flag(r, id)?),
             SHARED_SUBSCRIPTION_AVAILABLE => p.shared_subscription_available = Some(flag(r, id)?),
             SERVER_KEEP_ALIVE => p.server_keep_alive = Some(r.u16()?),
             RESPONSE_INFORMATION => p.response_information = Some(r.string()?),
@@ -655,11 +596,7 @@ fn decode_connack(r: &mut Reader, v5: bool) -> Result<ConnAck, DecodeError> {
     if p.authentication_data.is_some() && p.authentication_method.is_none() {
         return Err(DecodeError::AuthenticationDataWithoutMethod);
     }
-    Ok(ConnAck {
-        session_present,
-        reason_code,
-        properties,
-    })
+    Ok(ConnAck { session_present, reason_code, properties })
 }
 
 fn decode_publish(r: &mut Reader, flags: u8, v5: bool) -> Result<Publish, DecodeError> {
@@ -668,11 +605,7 @@ fn decode_publish(r: &mut Reader, flags: u8, v5: bool) -> Result<Publish, Decode
     // check_fixed_header already refused QoS 3.
     let qos = QoS::from_u8((flags >> 1) & 0b11).ok_or(DecodeError::InvalidQoS)?;
     let topic = r.topic_name()?;
-    let packet_id = if qos == QoS::AtMostOnce {
-        None
-    } else {
-        Some(r.packet_id()?)
-    };
+    let packet_id = if qos == QoS::AtMostOnce { None } else { Some(r.packet_id()?) };
     let mut properties = PublishProperties::default();
     if v5 {
         const ALLOWED: &[u8] = &[
@@ -694,9 +627,7 @@ fn decode_publish(r: &mut Reader, flags: u8, v5: bool) -> Result<Publish, Decode
                 RESPONSE_TOPIC => p.response_topic = Some(response_topic(r)?),
                 CORRELATION_DATA => p.correlation_data = Some(r.binary()?),
                 USER_PROPERTY => p.user_properties.push(user_property(r)?),
-                SUBSCRIPTION_IDENTIFIER => {
-                    p.subscription_identifiers.push(subscription_identifier(r)?)
-                }
+                SUBSCRIPTION_IDENTIFIER => p.subscription_identifiers.push(subscription_identifier(r)?),
                 CONTENT_TYPE => p.content_type = Some(r.string()?),
                 _ => return Err(not_allowed(id, "PUBLISH")),
             }
@@ -708,25 +639,12 @@ fn decode_publish(r: &mut Reader, flags: u8, v5: bool) -> Result<Publish, Decode
         return Err(DecodeError::EmptyTopicName);
     }
     let payload = r.rest();
-    Ok(Publish {
-        dup,
-        qos,
-        retain,
-        topic,
-        packet_id,
-        properties,
-        payload,
-    })
+    Ok(Publish { dup, qos, retain, topic, packet_id, properties, payload })
 }
 
 /// PUBACK, PUBREC, PUBREL, PUBCOMP. v5 may omit the reason code (then
 /// Success) and the property length (then none) (v5 section 3.4.2.1).
-fn decode_puback(
-    r: &mut Reader,
-    v5: bool,
-    packet: &'static str,
-    codes: &[u8],
-) -> Result<PubAck, DecodeError> {
+fn decode_puback(r: &mut Reader, v5: bool, packet: &'static str, codes: &[u8]) -> Result<PubAck, DecodeError> {
     let packet_id = r.packet_id()?;
     let mut ack = PubAck::new(packet_id);
     if v5 && !r.is_empty() {
@@ -746,9 +664,7 @@ fn decode_subscribe(r: &mut Reader, v5: bool) -> Result<Subscribe, DecodeError> 
         let p = &mut properties;
         read_properties(r, "SUBSCRIBE", ALLOWED, |id, r| {
             match id {
-                SUBSCRIPTION_IDENTIFIER => {
-                    p.subscription_identifier = Some(subscription_identifier(r)?)
-                }
+                SUBSCRIPTION_IDENTIFIER => p.subscription_identifier = Some(subscription_identifier(r)?),
                 USER_PROPERTY => p.user_properties.push(user_property(r)?),
                 _ => return Err(not_allowed(id, "SUBSCRIBE")),
             }
@@ -776,40 +692,23 @@ fn decode_subscribe(r: &mut Reader, v5: bool) -> Result<Subscribe, DecodeError> 
             retain_as_published: byte & 0b0000_1000 != 0,
             retain_handling,
         };
-        subscriptions.push(Subscription {
-            topic_filter,
-            options,
-        });
+        subscriptions.push(Subscription { topic_filter, options });
     }
     if subscriptions.is_empty() {
-        return Err(DecodeError::MissingTopicFilters {
-            packet: "SUBSCRIBE",
-        });
+        return Err(DecodeError::MissingTopicFilters { packet: "SUBSCRIBE" });
     }
-    Ok(Subscribe {
-        packet_id,
-        properties,
-        subscriptions,
-    })
+    Ok(Subscribe { packet_id, properties, subscriptions })
 }
 
 fn decode_suback(r: &mut Reader, v5: bool) -> Result<SubAck, DecodeError> {
     let packet_id = r.packet_id()?;
-    let properties = if v5 {
-        ack_properties(r, "SUBACK")?
-    } else {
-        AckProperties::default()
-    };
+    let properties = if v5 { ack_properties(r, "SUBACK")? } else { AckProperties::default() };
     let codes = if v5 { SUBACK_CODES } else { SUBACK_V3_CODES };
     let mut reason_codes = Vec::with_capacity(r.len());
     while !r.is_empty() {
         reason_codes.push(reason_code(r.u8()?, codes)?);
     }
-    Ok(SubAck {
-        packet_id,
-        properties,
-        reason_codes,
-    })
+    Ok(SubAck { packet_id, properties, reason_codes })
 }
 
 fn decode_unsubscribe(r: &mut Reader, v5: bool) -> Result<Unsubscribe, DecodeError> {
@@ -829,24 +728,14 @@ fn decode_unsubscribe(r: &mut Reader, v5: bool) -> Result<Unsubscribe, DecodeErr
         topic_filters.push(r.string()?);
     }
     if topic_filters.is_empty() {
-        return Err(DecodeError::MissingTopicFilters {
-            packet: "UNSUBSCRIBE",
-        });
+        return Err(DecodeError::MissingTopicFilters { packet: "UNSUBSCRIBE" });
     }
-    Ok(Unsubscribe {
-        packet_id,
-        user_properties,
-        topic_filters,
-    })
+    Ok(Unsubscribe { packet_id, user_properties, topic_filters })
 }
 
 fn decode_unsuback(r: &mut Reader, v5: bool) -> Result<UnsubAck, DecodeError> {
     let packet_id = r.packet_id()?;
-    let mut ack = UnsubAck {
-        packet_id,
-        properties: AckProperties::default(),
-        reason_codes: vec![],
-    };
+    let mut ack = UnsubAck { packet_id, properties: AckProperties::default(), reason_codes: vec![] };
     if v5 {
         ack.properties = ack_properties(r, "UNSUBACK")?;
         ack.reason_codes.reserve(r.len());
@@ -866,12 +755,7 @@ fn decode_disconnect(r: &mut Reader, v5: bool) -> Result<Disconnect, DecodeError
     if r.is_empty() {
         return Ok(disconnect);
     }
-    const ALLOWED: &[u8] = &[
-        SESSION_EXPIRY_INTERVAL,
-        REASON_STRING,
-        USER_PROPERTY,
-        SERVER_REFERENCE,
-    ];
+    const ALLOWED: &[u8] = &[SESSION_EXPIRY_INTERVAL, REASON_STRING, USER_PROPERTY, SERVER_REFERENCE];
     let p = &mut disconnect.properties;
     read_properties(r, "DISCONNECT", ALLOWED, |id, r| {
         match id {
@@ -896,12 +780,7 @@ fn decode_auth(r: &mut Reader) -> Result<Auth, DecodeError> {
     if r.is_empty() {
         return Ok(auth);
     }
-    const ALLOWED: &[u8] = &[
-        AUTHENTICATION_METHOD,
-        AUTHENTICATION_DATA,
-        REASON_STRING,
-        USER_PROPERTY,
-    ];
+    const ALLOWED: &[u8] = &[AUTHENTICATION_METHOD, AUTHENTICATION_DATA, REASON_STRING, USER_PROPERTY];
     let p = &mut auth.properties;
     read_properties(r, "AUTH", ALLOWED, |id, r| {
         match id {
@@ -917,4 +796,90 @@ fn decode_auth(r: &mut Reader) -> Result<Auth, DecodeError> {
         return Err(DecodeError::AuthenticationDataWithoutMethod);
     }
     Ok(auth)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reader(bytes: &'static [u8]) -> Reader {
+        Reader { buf: Bytes::from_static(bytes) }
+    }
+
+    #[test]
+    fn variable_byte_integers_decode_from_one_to_four_bytes() {
+        for (bytes, value) in [
+            (&[0x00][..], 0),
+            (&[0x7F], 127),
+            (&[0x80, 0x01], 128),
+            (&[0xFF, 0x7F], 16_383),
+            (&[0x80, 0x80, 0x01], 16_384),
+            (&[0xFF, 0xFF, 0xFF, 0x7F], MAX_VARINT),
+        ] {
+            let mut r = reader(bytes);
+            assert_eq!(r.varint(), Ok(value));
+            assert!(r.is_empty());
+        }
+        assert_eq!(reader(&[0x80, 0x80, 0x80, 0x80, 0x01]).varint(), Err(DecodeError::MalformedRemainingLength));
+        assert_eq!(reader(&[0x80]).varint(), Err(DecodeError::UnexpectedEof));
+    }
+
+    #[test]
+    fn reads_past_the_end_are_errors_not_panics() {
+        let mut r = reader(&[0x01]);
+        assert_eq!(r.u16(), Err(DecodeError::UnexpectedEof));
+        assert_eq!(r.u32(), Err(DecodeError::UnexpectedEof));
+        assert_eq!(r.u8(), Ok(1));
+        assert_eq!(r.u8(), Err(DecodeError::UnexpectedEof));
+        assert_eq!(reader(&[0x00, 0x02, b'a']).binary(), Err(DecodeError::UnexpectedEof));
+    }
+
+    #[test]
+    fn strings_are_slices_of_the_packet() {
+        let packet = Bytes::from_static(b"\x00\x03abcrest");
+        let mut r = Reader { buf: packet.clone() };
+        let s = r.mqtt_str().unwrap();
+        assert_eq!(&*s, "abc");
+        assert_eq!(s.as_bytes().as_ptr(), packet[2..].as_ptr());
+        assert_eq!(&r.rest()[..], b"rest");
+    }
+
+    #[test]
+    fn fixed_header_flags_are_checked_per_packet_type() {
+        use ProtocolVersion::*;
+        assert_eq!(check_fixed_header(3, 0b1101, V3_1_1), Ok(()));
+        assert_eq!(check_fixed_header(3, 0b0110, V3_1_1), Err(DecodeError::InvalidQoS));
+        assert_eq!(check_fixed_header(3, 0b1000, V3_1_1), Err(DecodeError::DupWithQoS0));
+        assert_eq!(check_fixed_header(6, 0b0010, V3_1_1), Ok(()));
+        assert_eq!(check_fixed_header(6, 0b1010, V3_1), Ok(()));
+        assert_eq!(check_fixed_header(6, 0b1010, V5), Err(DecodeError::InvalidFixedHeaderFlags { packet_type: 6 }));
+        assert_eq!(check_fixed_header(15, 0, V5), Ok(()));
+        assert_eq!(check_fixed_header(15, 0, V3_1_1), Err(DecodeError::AuthOnV3));
+        assert_eq!(check_fixed_header(0, 0, V5), Err(DecodeError::InvalidPacketType(0)));
+    }
+
+    #[test]
+    fn every_listed_reason_code_is_a_reason_code() {
+        for list in [
+            CONNACK_CODES,
+            PUBACK_CODES,
+            PUBREL_CODES,
+            SUBACK_CODES,
+            SUBACK_V3_CODES,
+            UNSUBACK_CODES,
+            DISCONNECT_CODES,
+            AUTH_CODES,
+        ] {
+            for &code in list {
+                assert!(ReasonCode::from_u8(code).is_some(), "{code:#04x}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_huge_declared_length_reserves_nothing() {
+        let mut buf = BytesMut::from(&[0x30, 0xFF, 0xFF, 0xFF, 0x7F][..]);
+        assert_eq!(decode(&mut buf, ProtocolVersion::V5, u32::MAX), Ok(None));
+        assert!(buf.capacity() < 1024);
+    }
 }

@@ -19,11 +19,7 @@ use crate::reason::ReasonCode;
 /// as on decode). Fields the version does not carry (v5 properties and
 /// reason codes in 3.x) are dropped; 3.x CONNACK and SUBACK codes are
 /// mapped onto the 3.x return codes. On error nothing is appended.
-pub fn encode(
-    packet: &Packet,
-    version: ProtocolVersion,
-    buf: &mut BytesMut,
-) -> Result<(), EncodeError> {
+pub fn encode(packet: &Packet, version: ProtocolVersion, buf: &mut BytesMut) -> Result<(), EncodeError> {
     if let Packet::Publish(publish) = packet {
         return encode_publish(publish, version, buf);
     }
@@ -47,11 +43,7 @@ pub fn encoded_len(packet: &Packet, version: ProtocolVersion) -> usize {
 /// Appends the encoding of `publish` for `version` to `buf`: the hot path
 /// of fan-out. Reserves once, then writes the header, topic, properties and
 /// payload; the payload is copied once, from the shared [`bytes::Bytes`].
-pub fn encode_publish(
-    publish: &Publish,
-    version: ProtocolVersion,
-    buf: &mut BytesMut,
-) -> Result<(), EncodeError> {
+pub fn encode_publish(publish: &Publish, version: ProtocolVersion, buf: &mut BytesMut) -> Result<(), EncodeError> {
     let mut counter = Counter::default();
     publish_body(publish, version, &mut counter);
     let len = counter.finish()?;
@@ -353,11 +345,7 @@ fn body(packet: &Packet, version: ProtocolVersion, s: &mut dyn Sink) {
                 ack_properties(s, &ack.properties);
             }
             for code in &ack.reason_codes {
-                s.u8(if v5 {
-                    code.as_u8()
-                } else {
-                    v3_suback_code(*code)
-                });
+                s.u8(if v5 { code.as_u8() } else { v3_suback_code(*code) });
             }
         }
         Packet::Unsubscribe(unsub) => {
@@ -500,25 +488,13 @@ fn connack_body(c: &ConnAck, v5: bool, s: &mut dyn Sink) {
         s.prop_u8(MAXIMUM_QOS, maximum_qos.map(|q| q as u8));
         s.prop_bool(RETAIN_AVAILABLE, p.retain_available);
         s.prop_u32(MAXIMUM_PACKET_SIZE, p.maximum_packet_size);
-        s.prop_str(
-            ASSIGNED_CLIENT_IDENTIFIER,
-            p.assigned_client_identifier.as_deref(),
-        );
+        s.prop_str(ASSIGNED_CLIENT_IDENTIFIER, p.assigned_client_identifier.as_deref());
         s.prop_u16(TOPIC_ALIAS_MAXIMUM, p.topic_alias_maximum);
         s.prop_str(REASON_STRING, p.reason_string.as_deref());
         s.user_properties(&p.user_properties);
-        s.prop_bool(
-            WILDCARD_SUBSCRIPTION_AVAILABLE,
-            p.wildcard_subscription_available,
-        );
-        s.prop_bool(
-            SUBSCRIPTION_IDENTIFIER_AVAILABLE,
-            p.subscription_identifiers_available,
-        );
-        s.prop_bool(
-            SHARED_SUBSCRIPTION_AVAILABLE,
-            p.shared_subscription_available,
-        );
+        s.prop_bool(WILDCARD_SUBSCRIPTION_AVAILABLE, p.wildcard_subscription_available);
+        s.prop_bool(SUBSCRIPTION_IDENTIFIER_AVAILABLE, p.subscription_identifiers_available);
+        s.prop_bool(SHARED_SUBSCRIPTION_AVAILABLE, p.shared_subscription_available);
         s.prop_u16(SERVER_KEEP_ALIVE, p.server_keep_alive);
         s.prop_str(RESPONSE_INFORMATION, p.response_information.as_deref());
         s.prop_str(SERVER_REFERENCE, p.server_reference.as_deref());
@@ -551,4 +527,89 @@ fn publish_body(p: &Publish, version: ProtocolVersion, s: &mut dyn Sink) {
         });
     }
     s.raw(&p.payload);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn varint(v: u32) -> Vec<u8> {
+        let mut buf = BytesMut::new();
+        Writer(&mut buf).varint(v);
+        buf.to_vec()
+    }
+
+    #[test]
+    fn variable_byte_integers_use_the_fewest_bytes() {
+        for (v, bytes) in [
+            (0, &[0x00][..]),
+            (127, &[0x7F]),
+            (128, &[0x80, 0x01]),
+            (16_383, &[0xFF, 0x7F]),
+            (16_384, &[0x80, 0x80, 0x01]),
+            (2_097_151, &[0xFF, 0xFF, 0x7F]),
+            (2_097_152, &[0x80, 0x80, 0x80, 0x01]),
+            (MAX_VARINT, &[0xFF, 0xFF, 0xFF, 0x7F]),
+        ] {
+            assert_eq!(varint(v), bytes, "{v}");
+            assert_eq!(varint_len(v as usize), bytes.len(), "{v}");
+        }
+    }
+
+    #[test]
+    fn counter_refuses_fields_that_do_not_fit() {
+        let mut c = Counter::default();
+        c.binary(&vec![0; 65_536]);
+        assert_eq!(c.finish(), Err(EncodeError::FieldTooLong(65_536)));
+        let mut c = Counter::default();
+        c.varint(MAX_VARINT + 1);
+        assert_eq!(c.finish(), Err(EncodeError::VariableByteIntegerTooLarge(MAX_VARINT + 1)));
+        let c = Counter { len: MAX_VARINT as usize + 1, err: None };
+        assert_eq!(c.finish(), Err(EncodeError::PacketTooLarge(MAX_VARINT as usize + 1)));
+    }
+
+    #[test]
+    fn publish_without_packet_id_at_qos_1_is_refused_and_nothing_is_written() {
+        let p = Publish { qos: QoS::AtLeastOnce, topic: "t".into(), ..Publish::default() };
+        let mut buf = BytesMut::new();
+        assert_eq!(encode_publish(&p, ProtocolVersion::V5, &mut buf), Err(EncodeError::MissingPacketId));
+        assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn auth_cannot_be_encoded_for_v3() {
+        let mut buf = BytesMut::new();
+        assert_eq!(
+            encode(&Packet::Auth(Auth::default()), ProtocolVersion::V3_1_1, &mut buf),
+            Err(EncodeError::NotInVersion { packet: "AUTH" })
+        );
+    }
+
+    #[test]
+    fn v3_connect_with_password_and_no_username_is_refused() {
+        let c = Connect { password: Some(bytes::Bytes::from_static(b"pw")), ..Connect::default() };
+        let mut buf = BytesMut::new();
+        assert_eq!(
+            encode(&Packet::Connect(Box::new(c)), ProtocolVersion::V3_1_1, &mut buf),
+            Err(EncodeError::PasswordWithoutUsername)
+        );
+    }
+
+    #[test]
+    fn maximum_qos_2_is_sent_as_an_absent_property() {
+        let ack = ConnAck {
+            properties: ConnAckProperties { maximum_qos: Some(QoS::ExactlyOnce), ..Default::default() },
+            ..ConnAck::default()
+        };
+        let mut buf = BytesMut::new();
+        encode(&Packet::ConnAck(ack), ProtocolVersion::V5, &mut buf).unwrap();
+        assert_eq!(&buf[..], [0x20, 0x03, 0x00, 0x00, 0x00]);
+    }
+
+    #[test]
+    fn encode_appends_to_what_is_already_in_the_buffer() {
+        let mut buf = BytesMut::from(&b"xy"[..]);
+        encode(&Packet::PingReq, ProtocolVersion::V5, &mut buf).unwrap();
+        assert_eq!(&buf[..], [b'x', b'y', 0xC0, 0x00]);
+    }
 }

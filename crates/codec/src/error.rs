@@ -58,9 +58,7 @@ pub enum DecodeError {
     ConnectReservedFlag,
     /// CONNECT with will QoS or will retain set but no will flag
     /// [MQTT-3.1.2-11], [MQTT-3.1.2-13].
-    #[error(
-        "CONNECT with will QoS or will retain but no will flag [MQTT-3.1.2-11] [MQTT-3.1.2-13]"
-    )]
+    #[error("CONNECT with will QoS or will retain but no will flag [MQTT-3.1.2-11] [MQTT-3.1.2-13]")]
     WillFlagsWithoutWill,
     /// CONNECT with will QoS 3 [MQTT-3.1.2-14].
     #[error("CONNECT with will QoS 3 [MQTT-3.1.2-14]")]
@@ -154,9 +152,7 @@ impl DecodeError {
         use DecodeError::*;
         match self {
             PacketTooLarge { .. } => ReasonCode::PacketTooLarge,
-            InvalidProtocolName | UnsupportedProtocolVersion { .. } => {
-                ReasonCode::UnsupportedProtocolVersion
-            }
+            InvalidProtocolName | UnsupportedProtocolVersion { .. } => ReasonCode::UnsupportedProtocolVersion,
             WildcardInTopicName | EmptyTopicName => ReasonCode::TopicNameInvalid,
             MissingTopicFilters { .. }
             | InvalidRetainHandling

@@ -319,11 +319,7 @@ pub struct PubAck {
 impl PubAck {
     /// A success acknowledgment with no properties.
     pub fn new(packet_id: PacketId) -> Self {
-        PubAck {
-            packet_id,
-            reason_code: ReasonCode::Success,
-            properties: AckProperties::default(),
-        }
+        PubAck { packet_id, reason_code: ReasonCode::Success, properties: AckProperties::default() }
     }
 }
 

@@ -142,3 +142,30 @@ impl<'a> SharedFilter<'a> {
 pub fn parse_shared(filter: &str) -> Result<Option<(&str, &str)>, TopicError> {
     Ok(SharedFilter::parse(filter)?.map(|s| (s.group, s.filter)))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_filter_matches_itself_when_it_has_no_wildcards() {
+        for t in ["a", "a/b", "/", "a//b", "$SYS/x"] {
+            assert!(matches(t, t), "{t}");
+        }
+    }
+
+    #[test]
+    fn hash_alone_matches_every_non_dollar_topic() {
+        for t in ["a", "/", "a/b/c", "+"] {
+            assert!(matches("#", t), "{t}");
+        }
+        assert!(!matches("#", "$a"));
+    }
+
+    #[test]
+    fn shared_filter_keeps_slices_of_the_input() {
+        let input = String::from("$share/g/a/b");
+        let shared = SharedFilter::parse(&input).unwrap().unwrap();
+        assert_eq!(shared.filter.as_ptr(), input[9..].as_ptr());
+    }
+}

@@ -83,10 +83,7 @@ fn an_empty_or_partial_buffer_needs_more_bytes_and_consumes_nothing() {
 #[test]
 fn packet_larger_than_the_limit_is_refused_before_its_body_arrives() {
     let mut buf = BytesMut::from(&[0x30, 0xE8, 0x07][..]); // remaining length 1000
-    assert_eq!(
-        decode(&mut buf, V311, 100),
-        Err(DecodeError::PacketTooLarge { size: 1003, max: 100 })
-    );
+    assert_eq!(decode(&mut buf, V311, 100), Err(DecodeError::PacketTooLarge { size: 1003, max: 100 }));
     // Exactly at the limit is fine.
     let bytes = packet(0x30, &concat(&[&s(b"t"), b"payload"]));
     let mut buf = BytesMut::from(&bytes[..]);
@@ -132,16 +129,9 @@ fn auth_on_a_v3_connection_is_malformed() {
 /// their listed value.
 #[test]
 fn wrong_fixed_header_flags_are_malformed() {
-    for (first, packet_type) in [
-        (0x11, 1),
-        (0x21, 2),
-        (0x42, 4),
-        (0x60, 6),
-        (0x80, 8),
-        (0xA0, 10),
-        (0xC1, 12),
-        (0xE8, 14),
-    ] {
+    for (first, packet_type) in
+        [(0x11, 1), (0x21, 2), (0x42, 4), (0x60, 6), (0x80, 8), (0xA0, 10), (0xC1, 12), (0xE8, 14)]
+    {
         let mut buf = BytesMut::from(&[first, 0x00][..]);
         assert_eq!(
             decode(&mut buf, V311, NO_LIMIT),
@@ -186,10 +176,7 @@ fn connect_with_an_unknown_protocol_name_is_refused() {
 #[test]
 fn connect_with_an_unsupported_level_is_refused_with_its_level() {
     for (name, level) in [(&b"MQTT"[..], 3), (b"MQTT", 6), (b"MQIsdp", 4), (b"MQIsdp", 5)] {
-        assert_eq!(
-            err(&connect(name, level, 0x02, &s(b"c")), V311),
-            DecodeError::UnsupportedProtocolVersion { level }
-        );
+        assert_eq!(err(&connect(name, level, 0x02, &s(b"c")), V311), DecodeError::UnsupportedProtocolVersion { level });
     }
     assert_eq!(
         DecodeError::UnsupportedProtocolVersion { level: 6 }.reason_code(),
@@ -287,10 +274,7 @@ fn subscribe_or_unsubscribe_without_topic_filters_is_refused() {
     assert_eq!(err(&[0x82, 0x02, 0x00, 0x01], V311), DecodeError::MissingTopicFilters { packet: "SUBSCRIBE" });
     assert_eq!(err(&[0xA2, 0x02, 0x00, 0x01], V311), DecodeError::MissingTopicFilters { packet: "UNSUBSCRIBE" });
     assert_eq!(err(&[0x82, 0x03, 0x00, 0x01, 0x00], V5), DecodeError::MissingTopicFilters { packet: "SUBSCRIBE" });
-    assert_eq!(
-        DecodeError::MissingTopicFilters { packet: "SUBSCRIBE" }.reason_code(),
-        ReasonCode::ProtocolError
-    );
+    assert_eq!(DecodeError::MissingTopicFilters { packet: "SUBSCRIBE" }.reason_code(), ReasonCode::ProtocolError);
 }
 
 /// [MQTT-3.8.3-4] (3.x: bits 7-2) and [MQTT-3.8.3-5] (v5: bits 7-6) of the
@@ -382,10 +366,10 @@ fn property_in_the_wrong_packet_is_malformed() {
 #[test]
 fn property_values_out_of_range_are_protocol_errors() {
     for (props, id) in [
-        (&[0x21, 0, 0][..], 0x21),        // receive maximum 0
-        (&[0x27, 0, 0, 0, 0], 0x27),      // maximum packet size 0
-        (&[0x17, 2], 0x17),               // request problem information 2
-        (&[0x19, 2], 0x19),               // request response information 2
+        (&[0x21, 0, 0][..], 0x21),   // receive maximum 0
+        (&[0x27, 0, 0, 0, 0], 0x27), // maximum packet size 0
+        (&[0x17, 2], 0x17),          // request problem information 2
+        (&[0x19, 2], 0x19),          // request response information 2
     ] {
         assert_eq!(err(&v5_connect_with_properties(props), V5), DecodeError::InvalidPropertyValue(id));
     }

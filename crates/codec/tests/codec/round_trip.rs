@@ -6,25 +6,14 @@ use midge_codec::*;
 use crate::support::{assert_round_trip, pid};
 
 const V3: [ProtocolVersion; 2] = [ProtocolVersion::V3_1, ProtocolVersion::V3_1_1];
-const ALL: [ProtocolVersion; 3] = [
-    ProtocolVersion::V3_1,
-    ProtocolVersion::V3_1_1,
-    ProtocolVersion::V5,
-];
+const ALL: [ProtocolVersion; 3] = [ProtocolVersion::V3_1, ProtocolVersion::V3_1_1, ProtocolVersion::V5];
 
 fn user_properties() -> Vec<UserProperty> {
-    vec![
-        ("region".into(), "eu".into()),
-        ("region".into(), "us".into()),
-        (String::new(), "é".into()),
-    ]
+    vec![("region".into(), "eu".into()), ("region".into(), "us".into()), (String::new(), "é".into())]
 }
 
 fn ack_properties() -> AckProperties {
-    AckProperties {
-        reason_string: Some("because".into()),
-        user_properties: user_properties(),
-    }
+    AckProperties { reason_string: Some("because".into()), user_properties: user_properties() }
 }
 
 fn connect(version: ProtocolVersion) -> Connect {
@@ -83,10 +72,7 @@ fn connect_with_will_and_credentials_round_trips_in_every_version() {
 #[test]
 fn minimal_connect_round_trips_in_every_version() {
     for version in ALL {
-        let c = Connect {
-            protocol_version: version,
-            ..Connect::default()
-        };
+        let c = Connect { protocol_version: version, ..Connect::default() };
         assert_round_trip(&Packet::Connect(Box::new(c)), version);
     }
 }
@@ -107,10 +93,7 @@ fn connect_is_decoded_with_its_own_version_whatever_the_connection_version() {
         let packet = Packet::Connect(Box::new(connect(version)));
         let bytes = crate::support::encode_to_vec(&packet, version);
         for connection_version in ALL {
-            assert_eq!(
-                crate::support::decode_one(&bytes, connection_version).unwrap(),
-                packet
-            );
+            assert_eq!(crate::support::decode_one(&bytes, connection_version).unwrap(), packet);
         }
     }
 }
@@ -126,11 +109,7 @@ fn connack_round_trips_every_v3_return_code() {
             ReasonCode::BadUserNameOrPassword,
             ReasonCode::NotAuthorized,
         ] {
-            let ack = ConnAck {
-                session_present: code == ReasonCode::Success,
-                reason_code: code,
-                ..ConnAck::default()
-            };
+            let ack = ConnAck { session_present: code == ReasonCode::Success, reason_code: code, ..ConnAck::default() };
             assert_round_trip(&Packet::ConnAck(ack), version);
         }
     }
@@ -162,10 +141,7 @@ fn v5_connack_with_every_property_round_trips() {
         },
     };
     assert_round_trip(&Packet::ConnAck(ack), ProtocolVersion::V5);
-    let refused = ConnAck {
-        reason_code: ReasonCode::Banned,
-        ..ConnAck::default()
-    };
+    let refused = ConnAck { reason_code: ReasonCode::Banned, ..ConnAck::default() };
     assert_round_trip(&Packet::ConnAck(refused), ProtocolVersion::V5);
 }
 
@@ -206,10 +182,7 @@ fn publish_round_trips_at_every_qos_in_every_version() {
 #[test]
 fn publish_with_empty_payload_round_trips() {
     for version in ALL {
-        let p = Publish {
-            topic: "a".into(),
-            ..Publish::default()
-        };
+        let p = Publish { topic: "a".into(), ..Publish::default() };
         assert_round_trip(&Packet::Publish(p), version);
     }
 }
@@ -218,10 +191,7 @@ fn publish_with_empty_payload_round_trips() {
 fn v5_publish_with_topic_alias_and_empty_topic_round_trips() {
     let p = Publish {
         topic: "".into(),
-        properties: PublishProperties {
-            topic_alias: Some(7),
-            ..Default::default()
-        },
+        properties: PublishProperties { topic_alias: Some(7), ..Default::default() },
         payload: Bytes::from_static(b"x"),
         ..Publish::default()
     };
@@ -243,12 +213,7 @@ fn encode_publish_and_encode_agree() {
 
 #[test]
 fn publish_acks_round_trip_in_every_version() {
-    let wrap: [fn(PubAck) -> Packet; 4] = [
-        Packet::PubAck,
-        Packet::PubRec,
-        Packet::PubRel,
-        Packet::PubComp,
-    ];
+    let wrap: [fn(PubAck) -> Packet; 4] = [Packet::PubAck, Packet::PubRec, Packet::PubRel, Packet::PubComp];
     for version in ALL {
         for w in wrap {
             assert_round_trip(&w(PubAck::new(pid(1))), version);
@@ -256,28 +221,16 @@ fn publish_acks_round_trip_in_every_version() {
         }
     }
     for (w, code) in [
-        (
-            Packet::PubAck as fn(PubAck) -> Packet,
-            ReasonCode::NoMatchingSubscribers,
-        ),
+        (Packet::PubAck as fn(PubAck) -> Packet, ReasonCode::NoMatchingSubscribers),
         (Packet::PubRec, ReasonCode::QuotaExceeded),
         (Packet::PubRel, ReasonCode::PacketIdentifierNotFound),
         (Packet::PubComp, ReasonCode::PacketIdentifierNotFound),
     ] {
-        let with_code = PubAck {
-            reason_code: code,
-            ..PubAck::new(pid(9))
-        };
+        let with_code = PubAck { reason_code: code, ..PubAck::new(pid(9)) };
         assert_round_trip(&w(with_code.clone()), ProtocolVersion::V5);
-        let with_props = PubAck {
-            properties: ack_properties(),
-            ..with_code
-        };
+        let with_props = PubAck { properties: ack_properties(), ..with_code };
         assert_round_trip(&w(with_props), ProtocolVersion::V5);
-        let success_with_props = PubAck {
-            properties: ack_properties(),
-            ..PubAck::new(pid(10))
-        };
+        let success_with_props = PubAck { properties: ack_properties(), ..PubAck::new(pid(10)) };
         assert_round_trip(&w(success_with_props), ProtocolVersion::V5);
     }
 }
@@ -287,19 +240,12 @@ fn subscribe(v5: bool) -> Subscribe {
         qos,
         no_local: v5 && no_local,
         retain_as_published: v5 && retain_as_published,
-        retain_handling: if v5 {
-            retain_handling
-        } else {
-            RetainHandling::SendAtSubscribe
-        },
+        retain_handling: if v5 { retain_handling } else { RetainHandling::SendAtSubscribe },
     };
     Subscribe {
         packet_id: pid(10),
         properties: if v5 {
-            SubscribeProperties {
-                subscription_identifier: Some(99_999),
-                user_properties: user_properties(),
-            }
+            SubscribeProperties { subscription_identifier: Some(99_999), user_properties: user_properties() }
         } else {
             SubscribeProperties::default()
         },
@@ -314,12 +260,7 @@ fn subscribe(v5: bool) -> Subscribe {
             },
             Subscription {
                 topic_filter: "a".into(),
-                options: options(
-                    QoS::ExactlyOnce,
-                    true,
-                    true,
-                    RetainHandling::SendAtSubscribe,
-                ),
+                options: options(QoS::ExactlyOnce, true, true, RetainHandling::SendAtSubscribe),
             },
         ],
     }
@@ -350,10 +291,7 @@ fn suback_round_trips_in_every_version() {
     let ack = SubAck {
         packet_id: pid(10),
         properties: ack_properties(),
-        reason_codes: vec![
-            ReasonCode::TopicFilterInvalid,
-            ReasonCode::SharedSubscriptionsNotSupported,
-        ],
+        reason_codes: vec![ReasonCode::TopicFilterInvalid, ReasonCode::SharedSubscriptionsNotSupported],
     };
     assert_round_trip(&Packet::SubAck(ack), ProtocolVersion::V5);
 }
@@ -363,11 +301,7 @@ fn unsubscribe_round_trips_in_every_version() {
     for version in ALL {
         let unsub = Unsubscribe {
             packet_id: pid(77),
-            user_properties: if version.is_v5() {
-                user_properties()
-            } else {
-                vec![]
-            },
+            user_properties: if version.is_v5() { user_properties() } else { vec![] },
             topic_filters: vec!["a/b".into(), "$share/g/c/#".into()],
         };
         assert_round_trip(&Packet::Unsubscribe(unsub), version);
@@ -377,11 +311,7 @@ fn unsubscribe_round_trips_in_every_version() {
 #[test]
 fn unsuback_round_trips_in_every_version() {
     for version in V3 {
-        let ack = UnsubAck {
-            packet_id: pid(77),
-            properties: AckProperties::default(),
-            reason_codes: vec![],
-        };
+        let ack = UnsubAck { packet_id: pid(77), properties: AckProperties::default(), reason_codes: vec![] };
         assert_round_trip(&Packet::UnsubAck(ack), version);
     }
     let ack = UnsubAck {
@@ -405,10 +335,7 @@ fn disconnect_round_trips_in_every_version() {
     for version in ALL {
         assert_round_trip(&Packet::Disconnect(Disconnect::default()), version);
     }
-    let with_code = Disconnect {
-        reason_code: ReasonCode::DisconnectWithWillMessage,
-        ..Disconnect::default()
-    };
+    let with_code = Disconnect { reason_code: ReasonCode::DisconnectWithWillMessage, ..Disconnect::default() };
     assert_round_trip(&Packet::Disconnect(with_code), ProtocolVersion::V5);
     let with_props = Disconnect {
         reason_code: ReasonCode::ServerMoved,
@@ -435,9 +362,6 @@ fn auth_round_trips_in_v5() {
         },
     };
     assert_round_trip(&Packet::Auth(auth), ProtocolVersion::V5);
-    let bare = Auth {
-        reason_code: ReasonCode::ReAuthenticate,
-        ..Auth::default()
-    };
+    let bare = Auth { reason_code: ReasonCode::ReAuthenticate, ..Auth::default() };
     assert_round_trip(&Packet::Auth(bare), ProtocolVersion::V5);
 }

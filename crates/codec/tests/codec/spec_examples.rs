@@ -42,11 +42,8 @@ fn remaining_length_examples_are_what_the_encoder_writes() {
             continue;
         }
         // Topic "a" takes 3 bytes of the remaining length.
-        let p = Publish {
-            topic: "a".into(),
-            payload: Bytes::from(vec![0u8; value as usize - 3]),
-            ..Publish::default()
-        };
+        let p =
+            Publish { topic: "a".into(), payload: Bytes::from(vec![0u8; value as usize - 3]), ..Publish::default() };
         let bytes = encode_to_vec(&Packet::Publish(p), ProtocolVersion::V3_1_1);
         assert_eq!(&bytes[1..1 + encoded.len()], encoded, "{value}");
         assert_eq!(bytes.len(), 1 + encoded.len() + value as usize);
@@ -72,7 +69,10 @@ fn v311_connect_variable_header_example_decodes() {
     assert_eq!(c.keep_alive, 10);
     assert_eq!(c.client_id, "client");
     let will = c.will.as_ref().unwrap();
-    assert_eq!((&*will.topic, &will.payload[..], will.qos, will.retain), ("will/topic", &b"bye"[..], QoS::AtLeastOnce, false));
+    assert_eq!(
+        (&*will.topic, &will.payload[..], will.qos, will.retain),
+        ("will/topic", &b"bye"[..], QoS::AtLeastOnce, false)
+    );
     assert_eq!(c.username.as_deref(), Some("user"));
     assert_eq!(c.password.as_deref(), Some(&b"pass"[..]));
     // And the encoder produces the same bytes back.
@@ -126,8 +126,7 @@ fn v311_publish_variable_header_example_decodes() {
 /// SUBSCRIBE payload example, 3.1.1 section 3.8.3: "a/b" at QoS 1, "c/d" at QoS 2.
 #[test]
 fn v311_subscribe_payload_example_decodes() {
-    let bytes =
-        [0x82, 0x0E, 0x00, 0x0A, 0x00, 0x03, b'a', b'/', b'b', 0x01, 0x00, 0x03, b'c', b'/', b'd', 0x02];
+    let bytes = [0x82, 0x0E, 0x00, 0x0A, 0x00, 0x03, b'a', b'/', b'b', 0x01, 0x00, 0x03, b'c', b'/', b'd', 0x02];
     let Packet::Subscribe(s) = decode_one(&bytes, ProtocolVersion::V3_1_1).unwrap() else {
         panic!("not a SUBSCRIBE");
     };
@@ -258,7 +257,8 @@ fn v5_empty_auth_is_success() {
 fn v3_disconnect_and_unsuback_drop_v5_fields() {
     let d = Disconnect { reason_code: ReasonCode::ServerBusy, ..Disconnect::default() };
     assert_eq!(encode_to_vec(&Packet::Disconnect(d), ProtocolVersion::V3_1_1), [0xE0, 0x00]);
-    let u = UnsubAck { packet_id: pid(3), properties: AckProperties::default(), reason_codes: vec![ReasonCode::Success] };
+    let u =
+        UnsubAck { packet_id: pid(3), properties: AckProperties::default(), reason_codes: vec![ReasonCode::Success] };
     assert_eq!(encode_to_vec(&Packet::UnsubAck(u), ProtocolVersion::V3_1_1), [0xB0, 0x02, 0x00, 0x03]);
 }
 

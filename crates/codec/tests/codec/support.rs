@@ -15,11 +15,7 @@ pub(crate) fn pid(id: u16) -> PacketId {
 pub(crate) fn encode_to_vec(packet: &Packet, version: ProtocolVersion) -> Vec<u8> {
     let mut buf = BytesMut::new();
     encode(packet, version, &mut buf).expect("packet encodes");
-    assert_eq!(
-        buf.len(),
-        encoded_len(packet, version),
-        "encoded_len of {packet:?}"
-    );
+    assert_eq!(buf.len(), encoded_len(packet, version), "encoded_len of {packet:?}");
     buf.to_vec()
 }
 
@@ -34,8 +30,7 @@ pub(crate) fn decode_one(bytes: &[u8], version: ProtocolVersion) -> Result<Packe
 /// Encodes, decodes and compares.
 pub(crate) fn assert_round_trip(packet: &Packet, version: ProtocolVersion) {
     let bytes = encode_to_vec(packet, version);
-    let decoded = decode_one(&bytes, version).unwrap_or_else(|e| {
-        panic!("{packet:?} as {version:?} fails to decode: {e} ({bytes:02x?})")
-    });
+    let decoded = decode_one(&bytes, version)
+        .unwrap_or_else(|e| panic!("{packet:?} as {version:?} fails to decode: {e} ({bytes:02x?})"));
     assert_eq!(&decoded, packet, "round trip through {version:?}");
 }
