@@ -118,7 +118,9 @@ async fn bind_listeners(binds: &[IpAddr], port: u16) -> anyhow::Result<Vec<tokio
         let addr = SocketAddr::new(ip, port);
         match tokio::net::TcpListener::bind(addr).await {
             Ok(l) => listeners.push(l),
-            Err(e) if defaulted && ip.is_ipv6() => tracing::debug!(error = %e, "IPv6 loopback unavailable; skipping {addr}"),
+            Err(e) if defaulted && ip.is_ipv6() => {
+                tracing::debug!(error = %e, "IPv6 loopback unavailable; skipping {addr}")
+            }
             Err(e) => return Err(anyhow::Error::new(e).context(format!("cannot listen on {addr}"))),
         }
     }
