@@ -247,6 +247,11 @@ impl Conn {
         let timer = tokio::time::sleep(keep_alive.unwrap_or(far));
         tokio::pin!(timer);
         let shutdown = self.shared.shutdown.clone();
+        // Clients may send packets right behind CONNECT without waiting
+        // for CONNACK (section 3.1.4); they may already be buffered.
+        if let Err(close) = self.handle_buffered(&mut rbuf) {
+            return close;
+        }
         // Anything already queued for a resumed session goes out now.
         self.drain();
         loop {
@@ -291,17 +296,8 @@ impl Conn {
                 Event::Read(Ok(n)) => {
                     Metrics::add(&self.shared.metrics.bytes_received, n as u64);
                     last_packet = Instant::now();
-                    loop {
-                        match decode(&mut rbuf, self.version, self.shared.config.max_packet_size) {
-                            Ok(Some(packet)) => {
-                                Metrics::inc(&self.shared.metrics.packets_received);
-                                if let Err(close) = self.handle(packet) {
-                                    return close;
-                                }
-                            }
-                            Ok(None) => break,
-                            Err(e) => return Close::Malformed(e),
-                        }
+                    if let Err(close) = self.handle_buffered(&mut rbuf) {
+                        return close;
                     }
                 }
                 Event::Wake => {}
@@ -319,6 +315,20 @@ impl Conn {
                 Event::Shutdown => return Close::Shutdown,
             }
             self.drain();
+        }
+    }
+
+    /// Handles every complete packet in `rbuf`.
+    fn handle_buffered(&mut self, rbuf: &mut BytesMut) -> Result<(), Close> {
+        loop {
+            match decode(rbuf, self.version, self.shared.config.max_packet_size) {
+                Ok(Some(packet)) => {
+                    Metrics::inc(&self.shared.metrics.packets_received);
+                    self.handle(packet)?;
+                }
+                Ok(None) => return Ok(()),
+                Err(e) => return Err(Close::Malformed(e)),
+            }
         }
     }
 
@@ -361,6 +371,9 @@ impl Conn {
                 Ok(())
             }
             Packet::PingReq => {
+                // What this client's own earlier publishes routed back to it
+                // goes out first, as it would from a broker that writes at once.
+                self.drain();
                 self.send(&Packet::PingResp);
                 Ok(())
             }
