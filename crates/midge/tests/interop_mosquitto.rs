@@ -11,7 +11,8 @@ mod interop_support;
 use std::path::Path;
 use std::process::Command;
 
-use interop_support::{Program, TestBroker, WAIT, require_file, start_broker};
+use interop_support::{TestBroker, WAIT, require_file, start_broker};
+use midge_test_support::Process;
 
 const MOSQUITTO_SUB: &str = "/usr/bin/mosquitto_sub";
 const MOSQUITTO_PUB: &str = "/usr/bin/mosquitto_pub";
@@ -34,33 +35,33 @@ fn broker(args: &[&str]) -> TestBroker {
 ///
 /// Through `stdbuf -oL`: into a pipe the clients' stdout is block-buffered, and a
 /// test waits for each line as it is printed.
-fn mosquitto(program: &str, broker: &TestBroker, args: &[&str]) -> Program {
+fn mosquitto(program: &str, broker: &TestBroker, args: &[&str]) -> Process {
     let mut command = Command::new("stdbuf");
     command.args(["-oL", program, "-h", "127.0.0.1", "-p", &broker.port().to_string()]).args(args);
     let name = Path::new(program).file_name().and_then(|n| n.to_str()).unwrap_or(program);
-    Program::spawn(name, command)
+    Process::spawn(name, command)
 }
 
 /// Starts `mosquitto_sub -d ARGS…` and waits until the broker has acknowledged its
 /// subscriptions.
-fn subscriber(broker: &TestBroker, args: &[&str]) -> Program {
+fn subscriber(broker: &TestBroker, args: &[&str]) -> Process {
     let mut full = vec!["-d"];
     full.extend_from_slice(args);
     let sub = mosquitto(MOSQUITTO_SUB, broker, &full);
-    sub.wait_for_stdout(SUBACK, WAIT);
+    sub.wait_for_stdout_line(SUBACK, WAIT);
     sub
 }
 
 /// Runs `mosquitto_pub ARGS…` to completion; it exits only once its message is
 /// published (acknowledged, for QoS 1 and 2).
-fn publish(broker: &TestBroker, args: &[&str]) -> Program {
+fn publish(broker: &TestBroker, args: &[&str]) -> Process {
     let mut publisher = mosquitto(MOSQUITTO_PUB, broker, args);
     publisher.wait_success(WAIT);
     publisher
 }
 
 /// The lines of a `mosquitto_sub -d` run that are messages, not debug output.
-fn messages(sub: &Program) -> Vec<String> {
+fn messages(sub: &Process) -> Vec<String> {
     sub.stdout_lines()
         .into_iter()
         .filter(|line| !line.starts_with("Client ") && !line.starts_with("Subscribed ("))
@@ -69,7 +70,7 @@ fn messages(sub: &Program) -> Vec<String> {
 
 /// Waits for a `mosquitto_sub -C N` to exit by itself after its N messages and
 /// returns those messages.
-fn finished_messages(mut sub: Program) -> Vec<String> {
+fn finished_messages(mut sub: Process) -> Vec<String> {
     sub.wait_success(WAIT);
     messages(&sub)
 }
@@ -93,9 +94,9 @@ fn qos_1_and_qos_2_messages_complete_their_handshakes_and_arrive_at_the_qos_they
     let qos1 = publish(&broker, &["-d", "-t", "q/one", "-q", "1", "-m", "at least once"]);
     let qos2 = publish(&broker, &["-d", "-t", "q/two", "-q", "2", "-m", "exactly once"]);
 
-    qos1.wait_for_stdout("received PUBACK", WAIT);
-    qos2.wait_for_stdout("received PUBREC", WAIT);
-    qos2.wait_for_stdout("received PUBCOMP", WAIT);
+    qos1.wait_for_stdout_line("received PUBACK", WAIT);
+    qos2.wait_for_stdout_line("received PUBREC", WAIT);
+    qos2.wait_for_stdout_line("received PUBCOMP", WAIT);
     let sub_debug = sub.stdout();
     assert_eq!(finished_messages(sub), ["1 q/one at least once", "2 q/two exactly once"], "{sub_debug}");
     // The subscriber's side of each handshake: it acknowledged the QoS 1 message,

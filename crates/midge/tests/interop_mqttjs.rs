@@ -15,7 +15,8 @@ mod interop_support;
 use std::path::PathBuf;
 use std::process::Command;
 
-use interop_support::{Program, WAIT, require_file, require_success, start_broker, tests_dir};
+use interop_support::{WAIT, require_file, require_success, start_broker, tests_dir};
+use midge_test_support::Process;
 
 const INSTALLS: &str = "MQTT.js (npm ci in crates/midge/tests/js)";
 
@@ -52,16 +53,16 @@ fn mqtt_sub_prints_hello_gdgnatal_when_mqtt_pub_sends_gdgnatal_to_localhost() {
     // the SUBACK has come, so the test publishes only once the subscription exists.
     let mut sub_command = mqtt(&["sub", "-h", "localhost", "-p", &port, "-t", "hello", "-v"]);
     sub_command.env("DEBUG", "mqttjs*");
-    let sub = Program::spawn("mqtt sub", sub_command);
-    sub.wait_for_stderr("packet type suback", WAIT);
+    let sub = Process::spawn("mqtt sub", sub_command);
+    sub.wait_for_stderr_line("packet type suback", WAIT);
 
     let mut publisher =
-        Program::spawn("mqtt pub", mqtt(&["pub", "-h", "localhost", "-p", &port, "-t", "hello", "-m", "GDGNatal"]));
+        Process::spawn("mqtt pub", mqtt(&["pub", "-h", "localhost", "-p", &port, "-t", "hello", "-m", "GDGNatal"]));
     publisher.wait_success(WAIT);
     // `mqtt pub` exits with status 0 even when it cannot connect; it prints the error.
     assert!(!publisher.stderr().contains("Error"), "mqtt pub reported an error; {}", publisher.transcript());
 
-    let line = sub.wait_for_stdout("GDGNatal", WAIT);
+    let line = sub.wait_for_stdout_line("GDGNatal", WAIT);
     assert_eq!(line, "hello GDGNatal", "{}", sub.transcript());
 }
 
@@ -78,7 +79,7 @@ fn scenario(scenario: &str, protocol: &str) {
         "--protocol",
         protocol,
     ]);
-    let mut script = Program::spawn(&format!("MQTT.js {scenario} over MQTT {protocol}"), command);
+    let mut script = Process::spawn(&format!("MQTT.js {scenario} over MQTT {protocol}"), command);
     script.wait_success(WAIT);
     let passed = format!("passed: {scenario} over MQTT {protocol}");
     assert!(script.stdout().contains(&passed), "the script did not report {passed:?}; {}", script.transcript());

@@ -11,7 +11,8 @@ mod interop_support;
 
 use std::process::Command;
 
-use interop_support::{Program, WAIT, require_success, start_broker, tests_dir};
+use interop_support::{WAIT, require_success, start_broker, tests_dir};
+use midge_test_support::Process;
 
 /// Fails the test unless python3 can import paho-mqtt 2.x.
 fn require_paho() {
@@ -37,7 +38,7 @@ fn run_scenario(scenario: &str, protocol: &str) {
         .arg(tests_dir().join("python").join("paho_interop.py"))
         .args(["127.0.0.1", &broker.port().to_string(), scenario, "--protocol", protocol])
         .env("PYTHONDONTWRITEBYTECODE", "1");
-    let mut script = Program::spawn(&format!("paho {scenario} over MQTT {protocol}"), command);
+    let mut script = Process::spawn(&format!("paho {scenario} over MQTT {protocol}"), command);
     script.wait_success(WAIT);
     let passed = format!("passed: {scenario} over MQTT {protocol}");
     assert!(script.stdout().contains(&passed), "the script did not report {passed:?}; {}", script.transcript());

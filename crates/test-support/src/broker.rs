@@ -1,11 +1,10 @@
 //! The broker under test as a child process.
 
-use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::thread;
-use std::time::{Duration, Instant};
+use std::process::{Command, ExitStatus};
+use std::time::Duration;
+
+use crate::Process;
 
 /// What the broker prints once its MQTT listener is bound.
 const LISTENING: &str = "listening on mqtt://";
@@ -18,51 +17,13 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A `midge serve` child process bound to an ephemeral port on 127.0.0.1.
 ///
-/// Its stdout and stderr are drained by background threads into one shared log, so
-/// the pipes never fill and block the broker; [`Broker::log`] reads it and
+/// It runs as a [`Process`], whose threads drain its stdout and stderr so the pipes
+/// never fill and block the broker; [`Broker::log`] reads both as one log and
 /// [`Broker::wait_for_log`] waits for a line. Dropping a `Broker` kills the process.
+#[derive(Debug)]
 pub struct Broker {
-    /// `None` once the process has been reaped by `kill` or `stop`.
-    child: Option<Child>,
-    pid: u32,
+    process: Process,
     addr: SocketAddr,
-    log: Arc<Log>,
-}
-
-/// The captured output, shared with the drain threads: they append under the mutex
-/// and notify the condvar; waiters re-check their condition on each notification.
-struct Log {
-    state: Mutex<LogState>,
-    changed: Condvar,
-}
-
-struct LogState {
-    text: String,
-    /// How many of the two pipes have reached end of stream.
-    closed_pipes: u8,
-}
-
-impl Log {
-    fn lock(&self) -> MutexGuard<'_, LogState> {
-        // A panicking waiter must not make the log unreadable for the others.
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    /// Waits until `done` holds for the state or `deadline` passes; returns the last
-    /// value `done` produced.
-    fn wait_until<T>(&self, deadline: Instant, mut done: impl FnMut(&LogState) -> Option<T>) -> Option<T> {
-        let mut state = self.lock();
-        loop {
-            if let Some(found) = done(&state) {
-                return Some(found);
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                return None;
-            }
-            state = self.changed.wait_timeout(state, deadline - now).unwrap_or_else(|poisoned| poisoned.into_inner()).0;
-        }
-    }
 }
 
 impl Broker {
@@ -73,54 +34,38 @@ impl Broker {
     /// If the process cannot be spawned, exits, or does not report a listener in
     /// time; the message includes everything it logged.
     pub fn start(bin: &str, args: &[&str]) -> Broker {
-        let mut child = Command::new(bin)
+        let mut command = Command::new(bin);
+        command
             .args(["serve", "--bind", "127.0.0.1", "--port", "0"])
             .args(args)
             // Plain text, whatever the terminal: the log is searched for strings.
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|err| panic!("cannot run {bin}: {err}"));
-        let pid = child.id();
-        let log = Arc::new(Log {
-            state: Mutex::new(LogState { text: String::new(), closed_pipes: 0 }),
-            changed: Condvar::new(),
-        });
-        let stdout = child.stdout.take().expect("piped stdout");
-        let stderr = child.stderr.take().expect("piped stderr");
-        drain(stdout, Arc::clone(&log), format!("midge-{pid}-stdout"));
-        drain(stderr, Arc::clone(&log), format!("midge-{pid}-stderr"));
+            .env("NO_COLOR", "1");
+        let mut process = Process::spawn(bin, command);
+        let pid = process.pid();
 
-        let deadline = Instant::now() + START_TIMEOUT;
-        let found = log.wait_until(deadline, |state| {
-            if let Some(addr) = listening_addr(&state.text) {
+        let found = process.wait_until(START_TIMEOUT, |captured| {
+            if let Some(addr) = listening_addr(&strip_ansi(captured.output())) {
                 Some(Ok(addr))
-            } else if state.closed_pipes == 2 {
+            } else if captured.all_closed() {
                 Some(Err("it closed its output"))
             } else {
                 None
             }
         });
-        let mut broker = Broker { child: Some(child), pid, addr: SocketAddr::from(([0, 0, 0, 0], 0)), log };
         match found {
-            Some(Ok(addr)) => {
-                broker.addr = addr;
-                broker
-            }
+            Some(Ok(addr)) => Broker { process, addr },
             Some(Err(why)) => {
-                let status = broker.reap_within(Duration::from_secs(2));
+                let status = process.try_wait_exit(Duration::from_secs(2));
                 panic!(
                     "{bin} (pid {pid}) did not report `{LISTENING}`: {why}, exit status {status:?}; its log:\n{}",
-                    broker.log()
+                    strip_ansi(&process.output())
                 );
             }
             None => {
-                broker.kill();
+                process.kill();
                 panic!(
                     "{bin} (pid {pid}) did not report `{LISTENING}` within {START_TIMEOUT:?}; its log:\n{}",
-                    broker.log()
+                    strip_ansi(&process.output())
                 );
             }
         }
@@ -138,27 +83,31 @@ impl Broker {
 
     /// The process id.
     pub fn pid(&self) -> u32 {
-        self.pid
+        self.process.pid()
     }
 
-    /// Everything the broker has written to stdout and stderr so far.
+    /// The broker's process, for what [`Broker`] does not offer itself (its stdout
+    /// and stderr apart, say).
+    pub fn process(&self) -> &Process {
+        &self.process
+    }
+
+    /// Everything the broker has written to stdout and stderr so far, interleaved
+    /// line by line, without colour codes.
     pub fn log(&self) -> String {
-        self.log.lock().text.clone()
+        strip_ansi(&self.process.output())
     }
 
     /// Waits (at most `timeout`) until the log contains `needle`; returns whether it did.
     pub fn wait_for_log(&self, needle: &str, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        self.log.wait_until(deadline, |state| state.text.contains(needle).then_some(())).is_some()
+        self.process
+            .wait_until(timeout, |captured| strip_ansi(captured.output()).contains(needle).then_some(()))
+            .is_some()
     }
 
     /// Kills the process with SIGKILL and reaps it, as a crash would.
     pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            // It may have exited already; reaping is what matters.
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.process.kill();
     }
 
     /// Sends SIGTERM and waits for the process to exit (at most 10 s); returns its
@@ -167,74 +116,19 @@ impl Broker {
     /// # Panics
     /// If it is still running after 10 s (it is then killed), or was already reaped.
     pub fn stop(&mut self) -> ExitStatus {
-        assert!(self.child.is_some(), "the broker was already stopped or killed");
-        // std has no way to send SIGTERM without `unsafe`; the `kill` utility does.
-        // If it fails, the process has exited already; reaping it tells how it ended.
-        let _ = Command::new("kill").args(["-TERM", &self.pid.to_string()]).stderr(Stdio::null()).status();
-        match self.reap_within(STOP_TIMEOUT) {
+        assert!(!self.process.is_reaped(), "the broker was already stopped or killed");
+        match self.process.try_terminate(STOP_TIMEOUT) {
             Some(status) => status,
             None => {
                 self.kill();
                 panic!(
                     "midge (pid {}) still running {STOP_TIMEOUT:?} after SIGTERM; its log:\n{}",
-                    self.pid,
+                    self.pid(),
                     self.log()
                 );
             }
         }
     }
-
-    /// Waits for the process to exit by itself, polling its status; `None` if it is
-    /// still running at the deadline.
-    fn reap_within(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + timeout;
-        let child = self.child.as_mut()?;
-        loop {
-            match child.try_wait() {
-                Ok(Some(status)) => {
-                    self.child = None;
-                    return Some(status);
-                }
-                Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(10)),
-                Ok(None) => return None,
-                Err(err) => panic!("cannot wait for midge (pid {}): {err}", self.pid),
-            }
-        }
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-impl std::fmt::Debug for Broker {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Broker").field("pid", &self.pid).field("addr", &self.addr).finish()
-    }
-}
-
-/// Copies `pipe` into `log` line by line on a background thread until end of stream.
-fn drain(pipe: impl Read + Send + 'static, log: Arc<Log>, name: String) {
-    let spawned = thread::Builder::new().name(name).spawn(move || {
-        let mut reader = BufReader::new(pipe);
-        let mut line = Vec::new();
-        loop {
-            line.clear();
-            match reader.read_until(b'\n', &mut line) {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {
-                    let text = strip_ansi(&String::from_utf8_lossy(&line));
-                    log.lock().text.push_str(&text);
-                    log.changed.notify_all();
-                }
-            }
-        }
-        log.lock().closed_pipes += 1;
-        log.changed.notify_all();
-    });
-    spawned.expect("spawn a log drain thread");
 }
 
 /// Finds the address in the first `listening on mqtt://IP:PORT` line.

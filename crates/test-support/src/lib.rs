@@ -1,10 +1,13 @@
 //! Test harness for midge's end-to-end tests.
 //!
-//! Two pieces, both blocking and free of any async runtime:
+//! Three pieces, all blocking and free of any async runtime:
 //!
-//! - [`Broker`] runs the `midge` binary as a child process on an ephemeral port,
-//!   waits for its `listening on mqtt://IP:PORT` line, keeps draining its log into a
-//!   buffer a test can read or wait on, and kills it when dropped.
+//! - [`Process`] runs any program as a child process, drains its stdout and stderr
+//!   into buffers a test can read or wait on (for a line, for the end of the output,
+//!   for the exit), and kills it when dropped.
+//! - [`Broker`] runs the `midge` binary as a [`Process`] on an ephemeral port,
+//!   waits for its `listening on mqtt://IP:PORT` line, lets a test read or wait on
+//!   its log, and stops it with SIGTERM or kills it.
 //! - [`RawClient`] speaks MQTT as raw bytes over a [`std::net::TcpStream`]: the
 //!   builders in [`build`] make the bytes a test sends, and [`RawPacket`] with its
 //!   parsers ([`ConnAck`], [`SubAck`], [`Publish`]) reads what the broker answers.
@@ -12,7 +15,7 @@
 //! ```text
 //!   test ──build::*──▶ bytes ──RawClient::send──▶ TCP ──▶ midge (child process)
 //!   test ◀─ConnAck/SubAck/Publish◀─RawPacket◀─RawClient::recv_packet◀─ TCP ◀─┘
-//!                                             Broker::log ◀─ stderr drain thread
+//!                                  Broker::log ◀─ Process ◀─ stdout/stderr drain threads
 //! ```
 //!
 //! The framing and the parsers here are written from the MQTT 3.1.1 specification
@@ -28,10 +31,12 @@ mod broker;
 pub mod build;
 mod client;
 mod packet;
+mod process;
 
 pub use broker::Broker;
 pub use client::{RawClient, RecvError};
 pub use packet::{ConnAck, Publish, RawPacket, SubAck, packet_type};
+pub use process::{Captured, Process, Stream};
 
 use std::time::Duration;
 
