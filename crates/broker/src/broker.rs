@@ -130,7 +130,8 @@ impl Broker {
 
     /// Publishes a message as the broker itself (used for `$SYS`).
     pub fn publish(&self, topic: &str, payload: Bytes, qos: QoS, retain: bool) {
-        self.shared.publish(MqttStr::from(topic), payload, qos, retain, PublishProperties::default());
+        let properties = PublishProperties::default();
+        self.shared.publish(Message { topic: MqttStr::from(topic), payload, qos, retain, properties }, None);
     }
 }
 
@@ -223,18 +224,18 @@ impl Shared {
         self.retained.read().len()
     }
 
-    /// Adds or replaces a subscription of a live session. Returns false if
-    /// the session was discarded meanwhile.
-    pub(crate) fn subscribe(&self, session: &Arc<Session>, filter: &str, options: SubscriptionOptions) -> bool {
+    /// Adds or replaces a subscription of a live session. Returns whether
+    /// it existed before, or `None` if the session was discarded meanwhile.
+    pub(crate) fn subscribe(&self, session: &Arc<Session>, filter: &str, options: SubscriptionOptions) -> Option<bool> {
         let mut router = self.router.write();
         let mut state = session.state.lock();
         if state.discarded {
-            return false;
+            return None;
         }
-        state.subscriptions.insert(filter.to_owned(), options);
+        let existed = state.subscriptions.insert(filter.to_owned(), options).is_some();
         drop(state);
         router.insert(filter, SessionRef(session.clone()), options);
-        true
+        Some(existed)
     }
 
     /// Removes a subscription; true if it existed.
@@ -245,17 +246,12 @@ impl Shared {
         existed
     }
 
-    /// Retains (or clears) and routes one application message.
-    pub(crate) fn publish(
-        &self,
-        topic: MqttStr,
-        payload: Bytes,
-        qos: QoS,
-        retain: bool,
-        properties: PublishProperties,
-    ) -> usize {
-        let message = Arc::new(Message { topic, payload, qos, properties });
-        if retain {
+    /// Retains (or clears) and routes one application message. `origin` is
+    /// the publishing client's session, for v5 No Local. Returns the number
+    /// of sessions with a matching subscription.
+    pub(crate) fn publish(&self, message: Message, origin: Option<&Arc<Session>>) -> usize {
+        let message = Arc::new(message);
+        if message.retain {
             let mut retained = self.retained.write();
             if message.payload.is_empty() {
                 // A zero-byte retained message clears the topic and is not
@@ -266,22 +262,29 @@ impl Shared {
                 retained.insert(message.topic.as_str().into(), message.clone());
             }
         }
-        self.route(message)
+        self.route(message, origin)
     }
 
     /// Delivers `message` to every session with a matching subscription:
     /// one copy per session at the highest matching QoS [MQTT-3.3.5-1],
-    /// downgraded to the published QoS [MQTT-3.8.4-6]. Returns the number
-    /// of sessions it was queued for.
-    fn route(&self, message: Arc<Message>) -> usize {
+    /// downgraded to the published QoS [MQTT-3.8.4-6].
+    fn route(&self, message: Arc<Message>, origin: Option<&Arc<Session>>) -> usize {
         let router = self.router.read();
-        let mut targets: Vec<(&SessionRef, QoS)> = Vec::new();
-        router.for_each_match(message.topic.as_str(), |s, o| targets.push((s, o.qos)));
+        // (session, QoS, retain as published)
+        let mut targets: Vec<(&SessionRef, QoS, bool)> = Vec::new();
+        router.for_each_match(message.topic.as_str(), |s, o| {
+            // No Local: not back to the publisher's own session [MQTT-3.8.3-3].
+            if o.no_local && origin.is_some_and(|origin| Arc::ptr_eq(origin, &s.0)) {
+                return;
+            }
+            targets.push((s, o.qos, o.retain_as_published));
+        });
         if targets.len() > 1 {
-            targets.sort_unstable_by_key(|(s, _)| Arc::as_ptr(&s.0) as usize);
+            targets.sort_unstable_by_key(|(s, _, _)| Arc::as_ptr(&s.0) as usize);
             targets.dedup_by(|later, kept| {
                 if later.0 == kept.0 {
                     kept.1 = kept.1.max(later.1);
+                    kept.2 |= later.2;
                     true
                 } else {
                     false
@@ -289,17 +292,18 @@ impl Shared {
             });
         }
         let max_queued = self.config.max_queued_messages;
-        let mut queued = 0;
-        for (session, qos) in targets {
-            let delivery = Delivery { message: message.clone(), qos: qos.min(message.qos), retain: false };
+        for &(session, qos, retain_as_published) in &targets {
+            // RETAIN is cleared on normal delivery [MQTT-3.3.1-9] unless the
+            // subscription asked for it as published [MQTT-3.3.1-13].
+            let retain = retain_as_published && message.retain;
+            let delivery = Delivery { message: message.clone(), qos: qos.min(message.qos), retain };
             match session.0.enqueue(delivery, max_queued) {
-                Enqueued::Queued => queued += 1,
+                Enqueued::Queued | Enqueued::DroppedDiscarded => {}
                 Enqueued::DroppedQueueFull => Metrics::inc(&self.metrics.dropped_queue_full),
                 Enqueued::DroppedQoS0Offline => Metrics::inc(&self.metrics.dropped_qos0_offline),
-                Enqueued::DroppedDiscarded => {}
             }
         }
-        queued
+        targets.len()
     }
 
     /// Retained messages matching `filter`, for a new subscription.

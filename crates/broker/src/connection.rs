@@ -18,8 +18,8 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use midge_codec::{
-    AckProperties, ConnAck, Connect, DecodeError, Packet, PacketId, ProtocolVersion, PubAck, Publish, QoS, ReasonCode,
-    SubAck, Subscribe, UnsubAck, Unsubscribe, Will, decode, encode, encode_publish, topic,
+    AckProperties, ConnAck, Connect, DecodeError, Disconnect, Packet, PacketId, ProtocolVersion, PubAck, Publish, QoS,
+    ReasonCode, RetainHandling, SubAck, Subscribe, UnsubAck, Unsubscribe, Will, decode, encode, encode_publish, topic,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{Notify, oneshot};
@@ -27,7 +27,7 @@ use tokio::time::Instant;
 
 use crate::broker::Shared;
 use crate::metrics::Metrics;
-use crate::session::{Delivery, InflightState, Kick, Session};
+use crate::session::{Delivery, InflightState, Kick, Message, Session};
 
 /// Why a connection ended. Decides whether the will is published.
 #[derive(Debug)]
@@ -40,10 +40,26 @@ enum Close {
     /// No packet within 1.5 × keep-alive [MQTT-3.1.2-24].
     KeepAliveTimeout,
     Malformed(DecodeError),
-    /// A well-formed packet that breaks a rule; the text names the rule.
-    ProtocolViolation(&'static str),
+    /// A well-formed packet that breaks a rule; the text names the rule,
+    /// the code is what a v5 client is told.
+    ProtocolViolation(ReasonCode, &'static str),
     Kicked(Kick),
     Shutdown,
+}
+
+impl Close {
+    /// The reason code of the DISCONNECT a v5 client gets before the
+    /// server closes [MQTT-4.13.2-1]; `None` when the client ended it.
+    fn disconnect_reason(&self) -> Option<ReasonCode> {
+        match self {
+            Close::Disconnected | Close::PeerClosed | Close::Io(_) => None,
+            Close::KeepAliveTimeout => Some(ReasonCode::KeepAliveTimeout),
+            Close::Malformed(e) => Some(e.reason_code()),
+            Close::ProtocolViolation(code, _) => Some(*code),
+            Close::Kicked(_) => Some(ReasonCode::SessionTakenOver),
+            Close::Shutdown => Some(ReasonCode::ServerShuttingDown),
+        }
+    }
 }
 
 enum Event {
@@ -208,6 +224,13 @@ where
     conn.resend_inflight();
     let keep_alive = (connect.keep_alive > 0).then(|| Duration::from_millis(u64::from(connect.keep_alive) * 1500));
     let close = conn.serve(&mut stream, rbuf, keep_alive, &wake, kick_rx).await;
+    if version.is_v5()
+        && let Some(reason_code) = close.disconnect_reason()
+    {
+        // Best effort: the client may be gone or not reading.
+        conn.send(&Packet::Disconnect(Disconnect { reason_code, ..Default::default() }));
+        let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(&conn.wbuf)).await;
+    }
     conn.finish(close);
     let _ = stream.shutdown().await;
     Metrics::dec(&shared.metrics.clients_connected);
@@ -378,10 +401,15 @@ impl Conn {
                 Ok(())
             }
             Packet::Disconnect(_) => Err(Close::Disconnected),
-            Packet::Connect(_) => Err(Close::ProtocolViolation("second CONNECT [MQTT-3.1.0-2]")),
-            Packet::Auth(_) => Err(Close::ProtocolViolation("AUTH without an authentication method [MQTT-4.12.0-1]")),
+            Packet::Connect(_) => {
+                Err(Close::ProtocolViolation(ReasonCode::ProtocolError, "second CONNECT [MQTT-3.1.0-2]"))
+            }
+            Packet::Auth(_) => Err(Close::ProtocolViolation(
+                ReasonCode::ProtocolError,
+                "AUTH without an authentication method [MQTT-4.12.0-1]",
+            )),
             Packet::ConnAck(_) | Packet::SubAck(_) | Packet::UnsubAck(_) | Packet::PingResp => {
-                Err(Close::ProtocolViolation("a server-to-client packet sent by a client"))
+                Err(Close::ProtocolViolation(ReasonCode::ProtocolError, "a server-to-client packet sent by a client"))
             }
         }
     }
@@ -391,7 +419,7 @@ impl Conn {
         if publish.topic.is_empty() {
             // Only a v5 topic alias can leave the topic empty, and we grant
             // no aliases (Topic Alias Maximum 0).
-            return Err(Close::ProtocolViolation("topic alias not granted [MQTT-3.3.2-7]"));
+            return Err(Close::ProtocolViolation(ReasonCode::ProtocolError, "topic alias not granted [MQTT-3.3.2-7]"));
         }
         // `$SYS` belongs to the broker: clients' publishes there are
         // acknowledged and dropped, as Mosquitto does.
@@ -403,27 +431,55 @@ impl Conn {
                 }
             }
             (QoS::AtLeastOnce, Some(id)) => {
-                if route {
-                    self.route(publish);
-                }
-                self.send(&Packet::PubAck(PubAck::new(id)));
+                let matched = if route { self.route(publish) } else { 1 };
+                self.send(&Packet::PubAck(self.publish_ack(id, matched)));
             }
             (QoS::ExactlyOnce, Some(id)) => {
                 // A PUBLISH re-sent before PUBREL is acknowledged again but
                 // not delivered again [MQTT-4.3.3-2].
-                let first = self.session.state.lock().awaiting_rel.insert(id.get());
-                if first && route {
-                    self.route(publish);
+                let (first, pending) = {
+                    let mut state = self.session.state.lock();
+                    (state.awaiting_rel.insert(id.get()), state.awaiting_rel.len())
+                };
+                if self.version.is_v5() && pending > usize::from(self.shared.config.max_inflight) {
+                    return Err(Close::ProtocolViolation(
+                        ReasonCode::ReceiveMaximumExceeded,
+                        "more QoS 2 publishes awaiting PUBREL than Receive Maximum [MQTT-3.3.4-9]",
+                    ));
                 }
-                self.send(&Packet::PubRec(PubAck::new(id)));
+                let matched = if first && route { self.route(publish) } else { 1 };
+                self.send(&Packet::PubRec(self.publish_ack(id, matched)));
             }
-            (_, None) => return Err(Close::ProtocolViolation("QoS > 0 PUBLISH without packet id [MQTT-2.3.1-1]")),
+            (_, None) => {
+                return Err(Close::ProtocolViolation(
+                    ReasonCode::ProtocolError,
+                    "QoS > 0 PUBLISH without packet id [MQTT-2.3.1-1]",
+                ));
+            }
         }
         Ok(())
     }
 
-    fn route(&self, publish: Publish) {
-        self.shared.publish(publish.topic, publish.payload, publish.qos, publish.retain, publish.properties);
+    /// PUBACK/PUBREC for an accepted message; v5 says when nobody was
+    /// subscribed (0x10).
+    fn publish_ack(&self, id: PacketId, matched: usize) -> PubAck {
+        let mut ack = PubAck::new(id);
+        if matched == 0 && self.version.is_v5() {
+            ack.reason_code = ReasonCode::NoMatchingSubscribers;
+        }
+        ack
+    }
+
+    /// Routes a client's message; returns how many sessions it matched.
+    fn route(&self, publish: Publish) -> usize {
+        let message = Message {
+            topic: publish.topic,
+            payload: publish.payload,
+            qos: publish.qos,
+            retain: publish.retain,
+            properties: publish.properties,
+        };
+        self.shared.publish(message, Some(&self.session))
     }
 
     fn handle_subscribe(&mut self, subscribe: Subscribe) -> Result<(), Close> {
@@ -434,7 +490,10 @@ impl Conn {
                 tracing::info!(client_id = %self.session.client_id, peer = %self.peer, filter = sub.topic_filter, "invalid topic filter [MQTT-4.7.1-1]");
                 if self.version == ProtocolVersion::V3_1 {
                     // MQTT 3.1 SUBACK has no failure code.
-                    return Err(Close::ProtocolViolation("invalid topic filter [MQTT-4.7.1-1]"));
+                    return Err(Close::ProtocolViolation(
+                        ReasonCode::ProtocolError,
+                        "invalid topic filter [MQTT-4.7.1-1]",
+                    ));
                 }
                 reason_codes.push(if self.version.is_v5() {
                     ReasonCode::TopicFilterInvalid
@@ -443,12 +502,21 @@ impl Conn {
                 });
                 continue;
             }
-            if !self.shared.subscribe(&self.session, &sub.topic_filter, sub.options) {
+            let Some(existed) = self.shared.subscribe(&self.session, &sub.topic_filter, sub.options) else {
                 reason_codes.push(ReasonCode::UnspecifiedError);
                 continue;
-            }
+            };
             reason_codes.push(ReasonCode::granted(sub.options.qos));
-            granted.push(sub);
+            // v5 Retain Handling: 0 always send retained messages, 1 only for
+            // a new subscription, 2 never (v5 section 3.8.3.1).
+            let send_retained = match sub.options.retain_handling {
+                RetainHandling::SendAtSubscribe => true,
+                RetainHandling::SendIfNew => !existed,
+                RetainHandling::DoNotSend => false,
+            };
+            if send_retained {
+                granted.push(sub);
+            }
         }
         let suback = SubAck { packet_id: subscribe.packet_id, properties: AckProperties::default(), reason_codes };
         self.send(&Packet::SubAck(suback));
@@ -581,7 +649,7 @@ impl Conn {
                 tracing::warn!(%client_id, %peer, error = %e, "malformed packet; closing");
                 true
             }
-            Close::ProtocolViolation(rule) => {
+            Close::ProtocolViolation(_, rule) => {
                 Metrics::inc(&self.shared.metrics.protocol_errors);
                 tracing::warn!(%client_id, %peer, rule, "protocol violation; closing");
                 true
@@ -590,7 +658,9 @@ impl Conn {
         if let Some(will) = self.will.take().filter(|_| publish_will) {
             // The will goes out like any PUBLISH, retained if asked [MQTT-3.1.2-8], [MQTT-3.1.2-17].
             let properties = will_properties(&will);
-            self.shared.publish(will.topic, will.payload, will.qos, will.retain, properties);
+            let message =
+                Message { topic: will.topic, payload: will.payload, qos: will.qos, retain: will.retain, properties };
+            self.shared.publish(message, None);
         }
         self.shared.detach_session(&self.session, self.connection_id);
     }

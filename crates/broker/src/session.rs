@@ -26,6 +26,8 @@ pub(crate) struct Message {
     pub(crate) payload: Bytes,
     /// QoS it was published with.
     pub(crate) qos: QoS,
+    /// RETAIN as published.
+    pub(crate) retain: bool,
     pub(crate) properties: PublishProperties,
 }
 

@@ -8,6 +8,7 @@ use midge_codec::{MqttStr, PublishProperties, QoS};
 
 use crate::broker::Shared;
 use crate::metrics::Metrics;
+use crate::session::Message;
 
 /// The broker's name and version, as `$SYS/broker/version` shows it.
 pub const VERSION: &str = concat!("midge ", env!("CARGO_PKG_VERSION"));
@@ -24,13 +25,14 @@ pub(crate) async fn run(shared: Arc<Shared>, interval: Duration) {
 }
 
 fn publish(shared: &Shared, topic: &'static str, value: String) {
-    shared.publish(
-        MqttStr::from_static(topic),
-        Bytes::from(value),
-        QoS::AtMostOnce,
-        true,
-        PublishProperties::default(),
-    );
+    let message = Message {
+        topic: MqttStr::from_static(topic),
+        payload: Bytes::from(value),
+        qos: QoS::AtMostOnce,
+        retain: true,
+        properties: PublishProperties::default(),
+    };
+    shared.publish(message, None);
 }
 
 fn publish_all(shared: &Shared) {

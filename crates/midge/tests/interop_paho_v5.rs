@@ -1,0 +1,65 @@
+//! MQTT 5 behaviour checked with the Eclipse Paho Python client (paho-mqtt 2.x).
+//!
+//! Each test starts a broker and runs one scenario of `tests/python/paho_v5.py`
+//! against it (`python3 crates/midge/tests/python/paho_v5.py 127.0.0.1 1883 no_local`
+//! runs one by hand). `./scripts/test` installs paho-mqtt first.
+
+mod interop_support;
+
+use std::process::Command;
+
+use interop_support::{WAIT, require_success, start_broker, tests_dir};
+use midge_test_support::Process;
+
+fn run_scenario(scenario: &str) {
+    require_success(
+        "python3",
+        &[
+            "-c",
+            "import sys, paho.mqtt; sys.exit(0 if paho.mqtt.__version__.startswith('2.') else 'paho-mqtt 2.x needed')",
+        ],
+        "paho-mqtt>=2,<3 (with pip)",
+    );
+    let broker = start_broker(&[]);
+    let mut command = Command::new("python3");
+    command
+        .arg("-u")
+        .arg(tests_dir().join("python").join("paho_v5.py"))
+        .args(["127.0.0.1", &broker.port().to_string(), scenario])
+        .env("PYTHONDONTWRITEBYTECODE", "1");
+    let mut script = Process::spawn(&format!("paho v5 {scenario}"), command);
+    script.wait_success(WAIT);
+    let passed = format!("passed: {scenario}");
+    assert!(script.stdout().contains(&passed), "the script did not report {passed:?}; {}", script.transcript());
+}
+
+/// v5 [MQTT-3.8.3-3]: with No Local, a client's own messages are not sent back to it.
+#[test]
+fn no_local_keeps_a_clients_own_messages_from_it() {
+    run_scenario("no_local");
+}
+
+/// v5 section 3.8.3.1: Retain As Published keeps RETAIN=1 on live delivery; without it, RETAIN is 0.
+#[test]
+fn retain_as_published_keeps_the_retain_flag() {
+    run_scenario("retain_as_published");
+}
+
+/// v5 section 3.8.3.1: Retain Handling 0 sends retained messages at every subscribe,
+/// 1 only for a new subscription, 2 never.
+#[test]
+fn retain_handling_0_1_and_2_decide_when_retained_messages_are_sent() {
+    run_scenario("retain_handling");
+}
+
+/// v5 section 3.4.2.1: PUBACK reason 0x10 when no subscription matched.
+#[test]
+fn puback_says_no_matching_subscribers() {
+    run_scenario("no_matching_subscribers");
+}
+
+/// v5 [MQTT-3.1.4-3]: the older connection of a taken-over session gets DISCONNECT 0x8E.
+#[test]
+fn takeover_sends_session_taken_over_to_the_older_connection() {
+    run_scenario("takeover");
+}

@@ -1,0 +1,181 @@
+#!/usr/bin/env python3
+"""MQTT 5 scenarios for midge with the Eclipse Paho Python client (paho-mqtt 2.x).
+
+Usage: python3 paho_v5.py HOST PORT SCENARIO
+
+Each scenario prints `ok: ...` per check and `passed: SCENARIO` at the end, or
+`FAIL: ...` on stderr and exits 1. Every wait is bounded by TIMEOUT.
+Run by crates/midge/tests/interop_paho_v5.rs.
+"""
+
+import queue
+import sys
+import uuid
+
+try:
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+    from paho.mqtt.subscribeoptions import SubscribeOptions
+except ImportError as err:
+    print(f"FAIL: cannot import paho-mqtt ({err}); run ./scripts/test, which installs paho-mqtt>=2,<3", file=sys.stderr)
+    sys.exit(2)
+
+TIMEOUT = 10.0
+
+
+class Failure(Exception):
+    pass
+
+
+def check(condition, message):
+    if not condition:
+        raise Failure(message)
+    print(f"ok: {message}", flush=True)
+
+
+class Peer:
+    """A v5 paho client whose callbacks feed queues read with a time limit."""
+
+    def __init__(self, host, port, client_id=None):
+        self.client_id = client_id or f"v5-{uuid.uuid4().hex[:10]}"
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=mqtt.MQTTv5)
+        self.events = {name: queue.Queue() for name in ("connect", "message", "subscribe", "publish", "disconnect")}
+        c = self.client
+        c.on_connect = lambda cl, ud, flags, rc, props: self.events["connect"].put((flags, rc, props))
+        c.on_message = lambda cl, ud, msg: self.events["message"].put(msg)
+        c.on_subscribe = lambda cl, ud, mid, rcs, props: self.events["subscribe"].put((mid, rcs))
+        c.on_publish = lambda cl, ud, mid, rc, props: self.events["publish"].put((mid, rc))
+        c.on_disconnect = lambda cl, ud, flags, rc, props: self.events["disconnect"].put(rc)
+        c.connect(host, port, keepalive=60, clean_start=True)
+        c.loop_start()
+        flags, rc, _ = self.wait("connect")
+        check(not rc.is_failure, f"{self.client_id} connected ({rc})")
+
+    def wait(self, event, timeout=TIMEOUT):
+        try:
+            return self.events[event].get(timeout=timeout)
+        except queue.Empty:
+            raise Failure(f"{self.client_id}: no {event} within {timeout} s") from None
+
+    def nothing(self, event, timeout=1.0):
+        try:
+            got = self.events[event].get(timeout=timeout)
+        except queue.Empty:
+            return
+        raise Failure(f"{self.client_id}: unexpected {event}: {got!r}")
+
+    def subscribe(self, topic, **options):
+        qos = options.pop("qos", 1)
+        self.client.subscribe(topic, options=SubscribeOptions(qos=qos, **options))
+        _, rcs = self.wait("subscribe")
+        check(all(not rc.is_failure for rc in rcs), f"{self.client_id} subscribed to {topic} with {options}")
+
+    def publish(self, topic, payload, qos=1, retain=False):
+        info = self.client.publish(topic, payload, qos=qos, retain=retain)
+        if qos > 0:
+            mid, rc = self.wait("publish")
+            check(mid == info.mid, f"{self.client_id} published {payload!r} to {topic}")
+            return rc
+        return None
+
+    def close(self):
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def topic():
+    return f"v5/{uuid.uuid4().hex[:10]}"
+
+
+def no_local(host, port):
+    t = topic()
+    a = Peer(host, port)
+    a.subscribe(t, noLocal=True)
+    b = Peer(host, port)
+    b.subscribe(t)
+    a.publish(t, b"from a")
+    msg = b.wait("message")
+    check(msg.payload == b"from a", "another subscriber gets the message")
+    a.nothing("message")
+    check(True, "No Local: the publisher's own subscription gets nothing [MQTT-3.8.3-3]")
+    b.publish(t, b"from b")
+    check(a.wait("message").payload == b"from b", "No Local still delivers other clients' messages")
+
+
+def retain_as_published(host, port):
+    t = topic()
+    keep = Peer(host, port)
+    keep.subscribe(t, retainAsPublished=True)
+    clear = Peer(host, port)
+    clear.subscribe(t, retainAsPublished=False)
+    pub = Peer(host, port)
+    pub.publish(t, b"r", retain=True)
+    check(keep.wait("message").retain, "Retain As Published keeps RETAIN=1 on live delivery")
+    check(not clear.wait("message").retain, "without it RETAIN is 0 on live delivery")
+    pub.publish(t, b"", retain=True)  # clear the retained message
+
+
+def retain_handling(host, port):
+    t = topic()
+    pub = Peer(host, port)
+    pub.publish(t, b"kept", retain=True)
+    always = Peer(host, port)
+    always.subscribe(t, retainHandling=SubscribeOptions.RETAIN_SEND_ON_SUBSCRIBE)
+    check(always.wait("message").payload == b"kept", "Retain Handling 0 sends the retained message")
+    always.subscribe(t, retainHandling=SubscribeOptions.RETAIN_SEND_ON_SUBSCRIBE)
+    check(always.wait("message").payload == b"kept", "Retain Handling 0 sends it again on re-subscribe")
+    if_new = Peer(host, port)
+    if_new.subscribe(t, retainHandling=SubscribeOptions.RETAIN_SEND_IF_NEW_SUB)
+    check(if_new.wait("message").payload == b"kept", "Retain Handling 1 sends it for a new subscription")
+    if_new.subscribe(t, retainHandling=SubscribeOptions.RETAIN_SEND_IF_NEW_SUB)
+    if_new.nothing("message")
+    check(True, "Retain Handling 1 does not send it for an existing subscription")
+    never = Peer(host, port)
+    never.subscribe(t, retainHandling=SubscribeOptions.RETAIN_DO_NOT_SEND)
+    never.nothing("message")
+    check(True, "Retain Handling 2 never sends it")
+    pub.publish(t, b"", retain=True)
+
+
+def no_matching_subscribers(host, port):
+    pub = Peer(host, port)
+    rc = pub.publish(topic(), b"nobody", qos=1)
+    check(rc.value == 0x10, f"PUBACK says 0x10 No matching subscribers (got {rc})")
+    t = topic()
+    sub = Peer(host, port)
+    sub.subscribe(t)
+    rc = pub.publish(t, b"somebody", qos=1)
+    check(rc.value == 0x00, f"PUBACK says 0x00 Success with a subscriber (got {rc})")
+
+
+def takeover(host, port):
+    first = Peer(host, port, client_id=f"taken-{uuid.uuid4().hex[:8]}")
+    Peer(host, port, client_id=first.client_id)
+    rc = first.wait("disconnect")
+    check(rc.value == 0x8E, f"the older connection gets DISCONNECT 0x8E Session taken over (got {rc})")
+
+
+SCENARIOS = {
+    "no_local": no_local,
+    "retain_as_published": retain_as_published,
+    "retain_handling": retain_handling,
+    "no_matching_subscribers": no_matching_subscribers,
+    "takeover": takeover,
+}
+
+
+def main():
+    host, port, scenario = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+    try:
+        SCENARIOS[scenario](host, port)
+    except Failure as failure:
+        print(f"FAIL: {failure}", file=sys.stderr, flush=True)
+        sys.exit(1)
+    print(f"passed: {scenario}", flush=True)
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()
