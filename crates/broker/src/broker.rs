@@ -131,7 +131,7 @@ impl Broker {
     /// Publishes a message as the broker itself (used for `$SYS`).
     pub fn publish(&self, topic: &str, payload: Bytes, qos: QoS, retain: bool) {
         let properties = PublishProperties::default();
-        self.shared.publish(Message { topic: MqttStr::from(topic), payload, qos, retain, properties }, None);
+        self.shared.publish(Message::new(MqttStr::from(topic), payload, qos, retain, properties), None);
     }
 }
 
@@ -307,11 +307,13 @@ impl Shared {
     }
 
     /// Retained messages matching `filter`, for a new subscription.
+    /// An expired retained message is not sent [MQTT-3.3.2-5].
     pub(crate) fn retained_matching(&self, filter: &str) -> Vec<Arc<Message>> {
+        let now = std::time::Instant::now();
         let retained = self.retained.read();
         if !filter.contains(['+', '#']) {
-            return retained.get(filter).cloned().into_iter().collect();
+            return retained.get(filter).filter(|m| !m.is_expired(now)).cloned().into_iter().collect();
         }
-        retained.values().filter(|m| topic::matches(filter, m.topic.as_str())).cloned().collect()
+        retained.values().filter(|m| !m.is_expired(now) && topic::matches(filter, m.topic.as_str())).cloned().collect()
     }
 }

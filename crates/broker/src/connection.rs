@@ -19,7 +19,8 @@ use std::time::Duration;
 use bytes::BytesMut;
 use midge_codec::{
     AckProperties, ConnAck, Connect, DecodeError, Disconnect, Packet, PacketId, ProtocolVersion, PubAck, Publish, QoS,
-    ReasonCode, RetainHandling, SubAck, Subscribe, UnsubAck, Unsubscribe, Will, decode, encode, encode_publish, topic,
+    ReasonCode, RetainHandling, SubAck, Subscribe, UnsubAck, Unsubscribe, Will, decode, encode, encode_publish,
+    publish_encoded_len, topic,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{Notify, oneshot};
@@ -220,6 +221,10 @@ where
         will: connect.will.clone(),
         wbuf,
         sendable: Vec::new(),
+        window: usize::from(
+            shared.config.max_inflight.max(1).min(connect.properties.receive_maximum.unwrap_or(u16::MAX)),
+        ),
+        client_max_packet: connect.properties.maximum_packet_size,
     };
     conn.resend_inflight();
     let keep_alive = (connect.keep_alive > 0).then(|| Duration::from_millis(u64::from(connect.keep_alive) * 1500));
@@ -249,6 +254,12 @@ struct Conn {
     wbuf: BytesMut,
     /// Reused buffer for deliveries taken from the session queue.
     sendable: Vec<(Delivery, Option<PacketId>)>,
+    /// Outbound QoS 1/2 window: ours, lowered to the client's v5 Receive
+    /// Maximum [MQTT-3.3.4-7].
+    window: usize,
+    /// The client's v5 Maximum Packet Size; larger PUBLISH packets are not
+    /// sent to it [MQTT-3.1.2-25].
+    client_max_packet: Option<u32>,
 }
 
 impl Conn {
@@ -363,6 +374,12 @@ impl Conn {
                 self.complete_inflight(ack.packet_id, InflightState::ExpectAck, QoS::AtLeastOnce);
                 Ok(())
             }
+            Packet::PubRec(ack) if ack.reason_code.is_error() => {
+                // A v5 client refused the message: the flow ends here, no
+                // PUBREL (v5 section 4.3.3).
+                self.complete_inflight(ack.packet_id, InflightState::ExpectAck, QoS::ExactlyOnce);
+                Ok(())
+            }
             Packet::PubRec(ack) => {
                 let found = self.advance_to_pubrel(ack.packet_id);
                 let mut pubrel = PubAck::new(ack.packet_id);
@@ -472,13 +489,7 @@ impl Conn {
 
     /// Routes a client's message; returns how many sessions it matched.
     fn route(&self, publish: Publish) -> usize {
-        let message = Message {
-            topic: publish.topic,
-            payload: publish.payload,
-            qos: publish.qos,
-            retain: publish.retain,
-            properties: publish.properties,
-        };
+        let message = Message::new(publish.topic, publish.payload, publish.qos, publish.retain, publish.properties);
         self.shared.publish(message, Some(&self.session))
     }
 
@@ -581,7 +592,7 @@ impl Conn {
         for entry in &state.inflight {
             match entry.state {
                 InflightState::ExpectAck => {
-                    let publish = to_publish(&entry.delivery, Some(entry.packet_id), true);
+                    let publish = to_publish(&entry.delivery, Some(entry.packet_id), true, std::time::Instant::now());
                     let _ = encode_publish(&publish, self.version, &mut out);
                 }
                 InflightState::ExpectComp => {
@@ -600,16 +611,38 @@ impl Conn {
             if !state.is_owned_by(self.connection_id) {
                 return;
             }
-            state.take_sendable(usize::from(self.shared.config.max_inflight.max(1)), &mut self.sendable);
+            state.take_sendable(self.window, &mut self.sendable);
         }
-        let n = self.sendable.len() as u64;
-        for (delivery, packet_id) in self.sendable.drain(..) {
-            let publish = to_publish(&delivery, packet_id, false);
+        let mut sent = 0;
+        let now = std::time::Instant::now();
+        let mut sendable = std::mem::take(&mut self.sendable);
+        for (delivery, packet_id) in sendable.drain(..) {
+            let publish = to_publish(&delivery, packet_id, false, now);
+            if let Some(max) = self.client_max_packet
+                && publish_encoded_len(&publish, self.version) > max as usize
+            {
+                self.discard_oversized(packet_id);
+                continue;
+            }
             let _ = encode_publish(&publish, self.version, &mut self.wbuf);
+            sent += 1;
         }
-        if n > 0 {
-            Metrics::add(&self.shared.metrics.publish_sent, n);
-            Metrics::add(&self.shared.metrics.packets_sent, n);
+        self.sendable = sendable;
+        if sent > 0 {
+            Metrics::add(&self.shared.metrics.publish_sent, sent);
+            Metrics::add(&self.shared.metrics.packets_sent, sent);
+        }
+    }
+
+    /// A message larger than the client accepts is discarded as if it had
+    /// been delivered [MQTT-3.1.2-25].
+    fn discard_oversized(&mut self, packet_id: Option<PacketId>) {
+        Metrics::inc(&self.shared.metrics.dropped_too_large);
+        if let Some(id) = packet_id {
+            let mut state = self.session.state.lock();
+            if let Some(i) = state.inflight_position(id) {
+                state.inflight.remove(i);
+            }
         }
     }
 
@@ -658,8 +691,7 @@ impl Conn {
         if let Some(will) = self.will.take().filter(|_| publish_will) {
             // The will goes out like any PUBLISH, retained if asked [MQTT-3.1.2-8], [MQTT-3.1.2-17].
             let properties = will_properties(&will);
-            let message =
-                Message { topic: will.topic, payload: will.payload, qos: will.qos, retain: will.retain, properties };
+            let message = Message::new(will.topic, will.payload, will.qos, will.retain, properties);
             self.shared.publish(message, None);
         }
         self.shared.detach_session(&self.session, self.connection_id);
@@ -678,15 +710,24 @@ fn will_properties(will: &Will) -> midge_codec::PublishProperties {
     }
 }
 
-fn to_publish(delivery: &Delivery, packet_id: Option<PacketId>, dup: bool) -> Publish {
+/// The PUBLISH for one delivery. A v5 Message Expiry Interval is sent as
+/// the time the message has left [MQTT-3.3.2-6].
+fn to_publish(delivery: &Delivery, packet_id: Option<PacketId>, dup: bool, now: std::time::Instant) -> Publish {
     let message = &delivery.message;
+    let mut properties = message.properties.clone();
+    if let Some(expires_at) = message.expires_at {
+        let left = expires_at.saturating_duration_since(now);
+        // Rounded up, so a message with time left never reads as expired.
+        let secs = left.as_secs() + u64::from(left.subsec_nanos() > 0);
+        properties.message_expiry_interval = Some(u32::try_from(secs.max(1)).unwrap_or(u32::MAX));
+    }
     Publish {
         dup,
         qos: delivery.qos,
         retain: delivery.retain,
         topic: message.topic.clone(),
         packet_id,
-        properties: message.properties.clone(),
+        properties,
         payload: message.payload.clone(),
     }
 }

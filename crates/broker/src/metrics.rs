@@ -29,6 +29,8 @@ pub struct Metrics {
     pub dropped_queue_full: AtomicU64,
     /// QoS 0 messages not queued for an offline client.
     pub dropped_qos0_offline: AtomicU64,
+    /// Messages larger than the receiving client's Maximum Packet Size.
+    pub dropped_too_large: AtomicU64,
     /// Connections closed for a protocol violation or malformed packet.
     pub protocol_errors: AtomicU64,
 }
@@ -58,6 +60,6 @@ impl Metrics {
 
     /// Messages dropped for any reason.
     pub fn dropped_total(&self) -> u64 {
-        Self::get(&self.dropped_queue_full) + Self::get(&self.dropped_qos0_offline)
+        Self::get(&self.dropped_queue_full) + Self::get(&self.dropped_qos0_offline) + Self::get(&self.dropped_too_large)
     }
 }

@@ -12,6 +12,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::num::NonZeroU16;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use midge_codec::{MqttStr, PacketId, ProtocolVersion, PublishProperties, QoS, SubscriptionOptions};
@@ -29,6 +30,27 @@ pub(crate) struct Message {
     /// RETAIN as published.
     pub(crate) retain: bool,
     pub(crate) properties: PublishProperties,
+    /// From the v5 Message Expiry Interval: past it, the message is not
+    /// delivered [MQTT-3.3.2-5].
+    pub(crate) expires_at: Option<Instant>,
+}
+
+impl Message {
+    pub(crate) fn new(
+        topic: MqttStr,
+        payload: Bytes,
+        qos: QoS,
+        retain: bool,
+        properties: PublishProperties,
+    ) -> Message {
+        let expires_at =
+            properties.message_expiry_interval.map(|secs| Instant::now() + Duration::from_secs(u64::from(secs)));
+        Message { topic, payload, qos, retain, properties, expires_at }
+    }
+
+    pub(crate) fn is_expired(&self, now: Instant) -> bool {
+        self.expires_at.is_some_and(|at| at <= now)
+    }
 }
 
 /// One message on its way to one session.
@@ -210,8 +232,14 @@ impl SessionState {
     /// Moves queued deliveries that fit into the in-flight window to `out`,
     /// giving QoS 1/2 ones a packet id. Stops at the first QoS > 0 delivery
     /// that does not fit, so order is kept [MQTT-4.6.0-6].
+    /// Expired messages are dropped on the way [MQTT-3.3.2-5].
     pub(crate) fn take_sendable(&mut self, window: usize, out: &mut Vec<(Delivery, Option<PacketId>)>) {
+        let now = Instant::now();
         while let Some(front) = self.queue.front() {
+            if front.message.is_expired(now) {
+                self.queue.pop_front();
+                continue;
+            }
             if front.qos == QoS::AtMostOnce {
                 let d = self.queue.pop_front().expect("front exists");
                 out.push((d, None));

@@ -25,13 +25,13 @@ pub(crate) async fn run(shared: Arc<Shared>, interval: Duration) {
 }
 
 fn publish(shared: &Shared, topic: &'static str, value: String) {
-    let message = Message {
-        topic: MqttStr::from_static(topic),
-        payload: Bytes::from(value),
-        qos: QoS::AtMostOnce,
-        retain: true,
-        properties: PublishProperties::default(),
-    };
+    let message = Message::new(
+        MqttStr::from_static(topic),
+        Bytes::from(value),
+        QoS::AtMostOnce,
+        true,
+        PublishProperties::default(),
+    );
     shared.publish(message, None);
 }
 

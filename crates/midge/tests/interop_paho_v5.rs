@@ -63,3 +63,17 @@ fn puback_says_no_matching_subscribers() {
 fn takeover_sends_session_taken_over_to_the_older_connection() {
     run_scenario("takeover");
 }
+
+/// v5 [MQTT-3.3.2-5], [MQTT-3.3.2-6]: an expired message is not delivered (queued
+/// or retained), and the interval forwarded is the time the message has left.
+#[test]
+fn expired_messages_are_not_delivered_and_the_interval_forwarded_is_what_is_left() {
+    run_scenario("message_expiry");
+}
+
+/// v5 [MQTT-3.1.2-25]: a PUBLISH larger than the client's Maximum Packet Size is
+/// discarded, and the next one that fits is delivered.
+#[test]
+fn messages_over_the_clients_maximum_packet_size_are_not_sent() {
+    run_scenario("maximum_packet_size");
+}

@@ -38,7 +38,7 @@ def check(condition, message):
 class Peer:
     """A v5 paho client whose callbacks feed queues read with a time limit."""
 
-    def __init__(self, host, port, client_id=None):
+    def __init__(self, host, port, client_id=None, clean_start=True, connect_properties=None):
         self.client_id = client_id or f"v5-{uuid.uuid4().hex[:10]}"
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=mqtt.MQTTv5)
         self.events = {name: queue.Queue() for name in ("connect", "message", "subscribe", "publish", "disconnect")}
@@ -48,9 +48,9 @@ class Peer:
         c.on_subscribe = lambda cl, ud, mid, rcs, props: self.events["subscribe"].put((mid, rcs))
         c.on_publish = lambda cl, ud, mid, rc, props: self.events["publish"].put((mid, rc))
         c.on_disconnect = lambda cl, ud, flags, rc, props: self.events["disconnect"].put(rc)
-        c.connect(host, port, keepalive=60, clean_start=True)
+        c.connect(host, port, keepalive=60, clean_start=clean_start, properties=connect_properties)
         c.loop_start()
-        flags, rc, _ = self.wait("connect")
+        self.flags, rc, self.connack_properties = self.wait("connect")
         check(not rc.is_failure, f"{self.client_id} connected ({rc})")
 
     def wait(self, event, timeout=TIMEOUT):
@@ -72,11 +72,12 @@ class Peer:
         _, rcs = self.wait("subscribe")
         check(all(not rc.is_failure for rc in rcs), f"{self.client_id} subscribed to {topic} with {options}")
 
-    def publish(self, topic, payload, qos=1, retain=False):
-        info = self.client.publish(topic, payload, qos=qos, retain=retain)
+    def publish(self, topic, payload, qos=1, retain=False, properties=None):
+        info = self.client.publish(topic, payload, qos=qos, retain=retain, properties=properties)
         if qos > 0:
             mid, rc = self.wait("publish")
-            check(mid == info.mid, f"{self.client_id} published {payload!r} to {topic}")
+            shown = payload if len(payload) <= 32 else f"{len(payload)} bytes"
+            check(mid == info.mid, f"{self.client_id} published {shown!r} to {topic}")
             return rc
         return None
 
@@ -157,7 +158,63 @@ def takeover(host, port):
     check(rc.value == 0x8E, f"the older connection gets DISCONNECT 0x8E Session taken over (got {rc})")
 
 
+def props(packet_type, **values):
+    p = Properties(packet_type)
+    for name, value in values.items():
+        setattr(p, name, value)
+    return p
+
+
+def expiry(seconds):
+    return props(PacketTypes.PUBLISH, MessageExpiryInterval=seconds)
+
+
+def message_expiry(host, port):
+    t = topic()
+    session = props(PacketTypes.CONNECT, SessionExpiryInterval=300)
+    sub = Peer(host, port, client_id=f"exp-{uuid.uuid4().hex[:8]}", clean_start=True, connect_properties=session)
+    sub.subscribe(t, qos=1)
+    sub.close()
+    pub = Peer(host, port)
+    pub.publish(t, b"short", properties=expiry(1))
+    pub.publish(t, b"long", properties=expiry(600))
+    pub.publish(t, b"forever")
+    # Let the short one expire while the subscriber is away: time is what this checks.
+    import time
+    time.sleep(2.2)
+    back = Peer(host, port, client_id=sub.client_id, clean_start=False, connect_properties=session)
+    check(back.flags.session_present, "the session was kept (session present)")
+    first = back.wait("message")
+    check(first.payload == b"long", f"the expired message is not delivered [MQTT-3.3.2-5] (first came {first.payload!r})")
+    left = first.properties.MessageExpiryInterval
+    check(590 <= left <= 598, f"the expiry interval sent is the time left [MQTT-3.3.2-6] (got {left})")
+    second = back.wait("message")
+    check(second.payload == b"forever", "a message without expiry is delivered")
+    check(not hasattr(second.properties, "MessageExpiryInterval"), "and carries no expiry interval")
+    # Retained messages expire too.
+    rt = topic()
+    pub.publish(rt, b"stale", retain=True, properties=expiry(1))
+    time.sleep(1.5)
+    late = Peer(host, port)
+    late.subscribe(rt)
+    late.nothing("message")
+    check(True, "an expired retained message is not sent to a new subscriber")
+
+
+def maximum_packet_size(host, port):
+    t = topic()
+    small = Peer(host, port, connect_properties=props(PacketTypes.CONNECT, MaximumPacketSize=200))
+    small.subscribe(t, qos=1)
+    pub = Peer(host, port)
+    pub.publish(t, b"x" * 500)
+    pub.publish(t, b"fits")
+    msg = small.wait("message")
+    check(msg.payload == b"fits", f"a packet over the client's Maximum Packet Size is not sent [MQTT-3.1.2-25] (got {len(msg.payload)} bytes)")
+
+
 SCENARIOS = {
+    "message_expiry": message_expiry,
+    "maximum_packet_size": maximum_packet_size,
     "no_local": no_local,
     "retain_as_published": retain_as_published,
     "retain_handling": retain_handling,
