@@ -19,7 +19,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::BrokerConfig;
 use crate::metrics::Metrics;
 use crate::router::TopicIndex;
-use crate::session::{Delivery, Enqueued, Kick, Message, Session};
+use crate::session::{Delivery, Discarded, Enqueued, Kick, Message, Session};
 
 /// A session handle compared by identity, for the topic index.
 #[derive(Debug, Clone)]
@@ -145,14 +145,13 @@ impl Shared {
     /// it was resumed (CONNACK's session present [MQTT-3.2.2-2]).
     ///
     /// `clean_start` discards any existing session [MQTT-3.1.2-6];
-    /// `discard_on_close` decides whether this session ends with the
-    /// connection (3.x clean session; v5 session expiry 0).
+    /// `expiry_interval` is how long the session outlives this connection.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn attach_session(
         &self,
         client_id: &str,
         clean_start: bool,
-        discard_on_close: bool,
+        expiry_interval: u32,
         protocol: ProtocolVersion,
         connection_id: u64,
         wake: Arc<Notify>,
@@ -161,43 +160,140 @@ impl Shared {
         let mut sessions = self.sessions.lock();
         if let Some(existing) = sessions.get(client_id).cloned() {
             let mut state = existing.state.lock();
-            if !clean_start && !state.clean {
+            if !clean_start && !state.ends_with_connection() {
                 // The session continues on the new connection; the old
-                // connection's will is not published (as Mosquitto does).
+                // connection's will is not published (as Mosquitto does),
+                // and a delayed will is cancelled [MQTT-3.1.3-9].
                 state.attach(connection_id, wake, kick, Kick::TakenOver { publish_will: false });
-                state.clean = discard_on_close;
+                state.expiry_interval = expiry_interval;
                 state.protocol = protocol;
+                state.pending_will = None;
                 return (existing.clone(), true);
             }
-            let subscriptions = state.discard(Kick::TakenOver { publish_will: true });
+            let discarded = state.discard(Kick::TakenOver { publish_will: true });
             drop(state);
-            self.remove_subscriptions(&existing, subscriptions);
+            self.finish_discard(&existing, discarded);
         }
-        let session = Arc::new(Session::new(client_id.into(), discard_on_close, protocol));
+        let session = Arc::new(Session::new(client_id.into(), expiry_interval, protocol));
         session.state.lock().attach(connection_id, wake, kick, Kick::TakenOver { publish_will: true });
         sessions.insert(session.client_id.clone(), session.clone());
         (session, false)
     }
 
-    /// The connection `connection_id` has ended: the session stays for the
-    /// client's return, or is discarded if it was clean [MQTT-3.1.2-6].
-    pub(crate) fn detach_session(&self, session: &Arc<Session>, connection_id: u64) {
+    /// The connection `connection_id` has ended. The session ends now if
+    /// its expiry interval is 0 [MQTT-3.1.2-6], else it waits for the client
+    /// for that long, measured by its own timer [MQTT-3.1.2-23]. A will
+    /// with a delay waits too, unless the session ends first.
+    pub(crate) fn detach_session(
+        self: &Arc<Self>,
+        session: &Arc<Session>,
+        connection_id: u64,
+        will: Option<(Message, Duration)>,
+    ) {
         let mut sessions = self.sessions.lock();
         let mut state = session.state.lock();
         if !state.is_owned_by(connection_id) {
-            return; // taken over: the new connection owns it now
-        }
-        state.owner = None;
-        if !state.clean {
+            drop((state, sessions));
+            // Taken over: the new connection owns the session now.
+            if let Some((will, _)) = will {
+                self.publish(will, None);
+            }
             return;
         }
-        let subscriptions = state.discard(Kick::TakenOver { publish_will: true });
+        state.owner = None;
+        state.detached_by = connection_id;
+        if state.ends_with_connection() {
+            let mut discarded = state.discard(Kick::TakenOver { publish_will: true });
+            discarded.pending_will = will.map(|(message, _)| message);
+            drop(state);
+            if sessions.get(&session.client_id).is_some_and(|s| Arc::ptr_eq(s, session)) {
+                sessions.remove(&session.client_id);
+            }
+            drop(sessions);
+            self.finish_discard(session, discarded);
+            return;
+        }
+        let expiry = (state.expiry_interval != u32::MAX).then(|| Duration::from_secs(u64::from(state.expiry_interval)));
+        let mut will_now = None;
+        let mut will_delay = None;
+        if let Some((message, delay)) = will {
+            if delay.is_zero() {
+                will_now = Some(message);
+            } else {
+                // Published when the delay passes or the session ends,
+                // whichever comes first (v5 section 3.1.3.2.2).
+                state.pending_will = Some(message);
+                will_delay = expiry.is_none_or(|e| delay < e).then_some(delay);
+            }
+        }
+        drop((state, sessions));
+        if let Some(message) = will_now {
+            self.publish(message, None);
+        }
+        self.arm_timers(session, connection_id, will_delay, expiry);
+    }
+
+    /// Starts the will-delay and session-expiry timers of a session that
+    /// `connection_id` left.
+    fn arm_timers(
+        self: &Arc<Self>,
+        session: &Arc<Session>,
+        connection_id: u64,
+        will_delay: Option<Duration>,
+        expiry: Option<Duration>,
+    ) {
+        if let Some(delay) = will_delay {
+            let (shared, session) = (self.clone(), session.clone());
+            self.tasks.spawn(async move {
+                tokio::select! {
+                    _ = shared.shutdown.cancelled() => {}
+                    _ = tokio::time::sleep(delay) => {
+                        let will = {
+                            let mut state = session.state.lock();
+                            if state.still_detached_by(connection_id) { state.pending_will.take() } else { None }
+                        };
+                        if let Some(will) = will {
+                            shared.publish(will, None);
+                        }
+                    }
+                }
+            });
+        }
+        if let Some(expiry) = expiry {
+            let (shared, session) = (self.clone(), session.clone());
+            self.tasks.spawn(async move {
+                tokio::select! {
+                    _ = shared.shutdown.cancelled() => {}
+                    _ = tokio::time::sleep(expiry) => shared.expire_session(&session, connection_id),
+                }
+            });
+        }
+    }
+
+    /// Ends a session whose client did not come back in time.
+    fn expire_session(&self, session: &Arc<Session>, connection_id: u64) {
+        let mut sessions = self.sessions.lock();
+        let mut state = session.state.lock();
+        if !state.still_detached_by(connection_id) {
+            return;
+        }
+        let discarded = state.discard(Kick::TakenOver { publish_will: true });
         drop(state);
         if sessions.get(&session.client_id).is_some_and(|s| Arc::ptr_eq(s, session)) {
             sessions.remove(&session.client_id);
         }
         drop(sessions);
-        self.remove_subscriptions(session, subscriptions);
+        tracing::debug!(client_id = %session.client_id, "session expired");
+        self.finish_discard(session, discarded);
+    }
+
+    /// Removes a discarded session's subscriptions and publishes the will
+    /// that was waiting for the session to end [MQTT-3.1.3-9].
+    fn finish_discard(&self, session: &Arc<Session>, discarded: Discarded) {
+        self.remove_subscriptions(session, discarded.filters);
+        if let Some(will) = discarded.pending_will {
+            self.publish(will, None);
+        }
     }
 
     fn remove_subscriptions(&self, session: &Arc<Session>, filters: Vec<String>) {

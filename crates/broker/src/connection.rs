@@ -33,8 +33,9 @@ use crate::session::{Delivery, InflightState, Kick, Message, Session};
 /// Why a connection ended. Decides whether the will is published.
 #[derive(Debug)]
 enum Close {
-    /// The client sent DISCONNECT: the will is discarded [MQTT-3.1.2-10].
-    Disconnected,
+    /// The client sent DISCONNECT: the will is discarded [MQTT-3.1.2-10],
+    /// unless a v5 client asked for it with reason 0x04.
+    Disconnected(ReasonCode),
     /// The peer closed the socket or it failed.
     PeerClosed,
     Io(std::io::Error),
@@ -53,7 +54,7 @@ impl Close {
     /// server closes [MQTT-4.13.2-1]; `None` when the client ended it.
     fn disconnect_reason(&self) -> Option<ReasonCode> {
         match self {
-            Close::Disconnected | Close::PeerClosed | Close::Io(_) => None,
+            Close::Disconnected(_) | Close::PeerClosed | Close::Io(_) => None,
             Close::KeepAliveTimeout => Some(ReasonCode::KeepAliveTimeout),
             Close::Malformed(e) => Some(e.reason_code()),
             Close::ProtocolViolation(code, _) => Some(*code),
@@ -178,11 +179,12 @@ where
         return;
     }
 
-    // The session ends with the connection for 3.x clean sessions and for
-    // v5 sessions with no expiry interval.
-    let discard_on_close = match version {
-        ProtocolVersion::V5 => connect.properties.session_expiry_interval.unwrap_or(0) == 0,
-        _ => connect.clean_start,
+    // How long the session outlives the connection: 3.x clean sessions end
+    // with it, persistent ones never expire; v5 says so itself (absent = 0).
+    let expiry_interval = match version {
+        ProtocolVersion::V5 => connect.properties.session_expiry_interval.unwrap_or(0),
+        _ if connect.clean_start => 0,
+        _ => u32::MAX,
     };
     let connection_id = shared.next_connection_id();
     let wake = Arc::new(Notify::new());
@@ -190,7 +192,7 @@ where
     let (session, session_present) = shared.attach_session(
         &client_id,
         connect.clean_start,
-        discard_on_close,
+        expiry_interval,
         version,
         connection_id,
         wake.clone(),
@@ -219,6 +221,7 @@ where
         version,
         peer,
         will: connect.will.clone(),
+        connect_expiry_interval: expiry_interval,
         wbuf,
         sendable: Vec::new(),
         window: usize::from(
@@ -250,6 +253,8 @@ struct Conn {
     peer: SocketAddr,
     /// Published if the connection ends without DISCONNECT.
     will: Option<Will>,
+    /// The Session Expiry Interval given at CONNECT.
+    connect_expiry_interval: u32,
     /// Bytes owed to the client, written once per loop turn.
     wbuf: BytesMut,
     /// Reused buffer for deliveries taken from the session queue.
@@ -417,7 +422,20 @@ impl Conn {
                 self.send(&Packet::PingResp);
                 Ok(())
             }
-            Packet::Disconnect(_) => Err(Close::Disconnected),
+            Packet::Disconnect(disconnect) => {
+                if let Some(expiry) = disconnect.properties.session_expiry_interval {
+                    // A session that was to end with the connection cannot be
+                    // given an expiry at DISCONNECT [MQTT-3.14.2-2].
+                    if self.connect_expiry_interval == 0 && expiry != 0 {
+                        return Err(Close::ProtocolViolation(
+                            ReasonCode::ProtocolError,
+                            "session expiry set at DISCONNECT after 0 at CONNECT [MQTT-3.14.2-2]",
+                        ));
+                    }
+                    self.session.state.lock().expiry_interval = expiry;
+                }
+                Err(Close::Disconnected(disconnect.reason_code))
+            }
             Packet::Connect(_) => {
                 Err(Close::ProtocolViolation(ReasonCode::ProtocolError, "second CONNECT [MQTT-3.1.0-2]"))
             }
@@ -659,7 +677,7 @@ impl Conn {
         let client_id = &self.session.client_id;
         let peer = self.peer;
         let publish_will = match &close {
-            Close::Disconnected => false,
+            Close::Disconnected(reason) => *reason == ReasonCode::DisconnectWithWillMessage,
             Close::Kicked(Kick::TakenOver { publish_will }) => {
                 tracing::info!(%client_id, %peer, "session taken over by a new connection [MQTT-3.1.4-2]");
                 *publish_will
@@ -688,13 +706,14 @@ impl Conn {
                 true
             }
         };
-        if let Some(will) = self.will.take().filter(|_| publish_will) {
-            // The will goes out like any PUBLISH, retained if asked [MQTT-3.1.2-8], [MQTT-3.1.2-17].
+        // The will goes out like any PUBLISH, retained if asked [MQTT-3.1.2-8],
+        // [MQTT-3.1.2-17]; a v5 Will Delay Interval holds it back.
+        let will = self.will.take().filter(|_| publish_will).map(|will| {
+            let delay = Duration::from_secs(u64::from(will.properties.will_delay_interval.unwrap_or(0)));
             let properties = will_properties(&will);
-            let message = Message::new(will.topic, will.payload, will.qos, will.retain, properties);
-            self.shared.publish(message, None);
-        }
-        self.shared.detach_session(&self.session, self.connection_id);
+            (Message::new(will.topic, will.payload, will.qos, will.retain, properties), delay)
+        });
+        self.shared.detach_session(&self.session, self.connection_id, will);
     }
 }
 

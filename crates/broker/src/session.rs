@@ -108,8 +108,15 @@ pub(crate) struct Session {
 pub(crate) struct SessionState {
     /// The attached connection; `None` while the client is away.
     pub(crate) owner: Option<Owner>,
-    /// Clean session (3.x): discarded when the connection ends [MQTT-3.1.2-6].
-    pub(crate) clean: bool,
+    /// Seconds the session outlives its connection: 0 ends it with the
+    /// connection (3.x clean session [MQTT-3.1.2-6], v5 default), `u32::MAX`
+    /// never (3.x persistent session, v5 0xFFFFFFFF [MQTT-3.1.2-23]).
+    pub(crate) expiry_interval: u32,
+    /// The connection that last detached: timers armed at that detach act
+    /// only if no connection attached since.
+    pub(crate) detached_by: u64,
+    /// A v5 will waiting out its Will Delay Interval.
+    pub(crate) pending_will: Option<Message>,
     pub(crate) protocol: ProtocolVersion,
     /// Set once the session is discarded; a late publisher that still holds
     /// it (through a router snapshot) then drops instead of queueing.
@@ -125,6 +132,13 @@ pub(crate) struct SessionState {
     pub(crate) awaiting_rel: HashSet<u16>,
 }
 
+/// What is left of a discarded session for the caller to finish.
+#[derive(Debug)]
+pub(crate) struct Discarded {
+    pub(crate) filters: Vec<String>,
+    pub(crate) pending_will: Option<Message>,
+}
+
 /// What [`Session::enqueue`] did with a delivery.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Enqueued {
@@ -135,12 +149,14 @@ pub(crate) enum Enqueued {
 }
 
 impl Session {
-    pub(crate) fn new(client_id: Arc<str>, clean: bool, protocol: ProtocolVersion) -> Session {
+    pub(crate) fn new(client_id: Arc<str>, expiry_interval: u32, protocol: ProtocolVersion) -> Session {
         Session {
             client_id,
             state: Mutex::new(SessionState {
                 owner: None,
-                clean,
+                expiry_interval,
+                detached_by: 0,
+                pending_will: None,
                 protocol,
                 discarded: false,
                 subscriptions: HashMap::new(),
@@ -202,10 +218,21 @@ impl SessionState {
         self.owner = Some(Owner { connection_id, wake, kick: Some(kick) });
     }
 
+    /// True when the session ends with its connection.
+    pub(crate) fn ends_with_connection(&self) -> bool {
+        self.expiry_interval == 0
+    }
+
+    /// True if no connection attached since `connection_id` detached.
+    pub(crate) fn still_detached_by(&self, connection_id: u64) -> bool {
+        self.owner.is_none() && self.detached_by == connection_id && !self.discarded
+    }
+
     /// Ends the session: kicks its connection, if any, and drops its
     /// queue. Returns its subscription filters for the caller to remove
-    /// from the router (which must not be locked while this lock is held).
-    pub(crate) fn discard(&mut self, reason: Kick) -> Vec<String> {
+    /// from the router (which must not be locked while this lock is held)
+    /// and a delayed will, which is due now that the session ends.
+    pub(crate) fn discard(&mut self, reason: Kick) -> Discarded {
         if let Some(mut old) = self.owner.take()
             && let Some(tx) = old.kick.take()
         {
@@ -215,7 +242,10 @@ impl SessionState {
         self.queue.clear();
         self.inflight.clear();
         self.awaiting_rel.clear();
-        self.subscriptions.drain().map(|(filter, _)| filter).collect()
+        Discarded {
+            filters: self.subscriptions.drain().map(|(filter, _)| filter).collect(),
+            pending_will: self.pending_will.take(),
+        }
     }
 
     /// Allocates an unused non-zero packet id [MQTT-2.3.1-2].

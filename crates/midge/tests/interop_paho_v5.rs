@@ -77,3 +77,24 @@ fn expired_messages_are_not_delivered_and_the_interval_forwarded_is_what_is_left
 fn messages_over_the_clients_maximum_packet_size_are_not_sent() {
     run_scenario("maximum_packet_size");
 }
+
+/// v5 [MQTT-3.1.2-23]: a session outlives its connection for exactly its Session
+/// Expiry Interval; absent means 0; DISCONNECT can lower it to 0.
+#[test]
+fn a_session_lives_for_its_expiry_interval_and_no_longer() {
+    run_scenario("session_expiry");
+}
+
+/// v5 [MQTT-3.1.3-9]: a reconnect within the Will Delay Interval suppresses the
+/// will; otherwise it is published when the delay has passed.
+#[test]
+fn the_will_waits_for_its_delay_and_a_reconnect_cancels_it() {
+    run_scenario("will_delay");
+}
+
+/// v5 section 3.14.2.1: DISCONNECT with reason 0x04 publishes the will; a normal
+/// DISCONNECT discards it [MQTT-3.1.2-10].
+#[test]
+fn disconnect_with_reason_0x04_publishes_the_will() {
+    run_scenario("disconnect_with_will");
+}

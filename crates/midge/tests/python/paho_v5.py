@@ -9,7 +9,9 @@ Run by crates/midge/tests/interop_paho_v5.rs.
 """
 
 import queue
+import socket
 import sys
+import time
 import uuid
 
 try:
@@ -38,7 +40,7 @@ def check(condition, message):
 class Peer:
     """A v5 paho client whose callbacks feed queues read with a time limit."""
 
-    def __init__(self, host, port, client_id=None, clean_start=True, connect_properties=None):
+    def __init__(self, host, port, client_id=None, clean_start=True, connect_properties=None, will=None):
         self.client_id = client_id or f"v5-{uuid.uuid4().hex[:10]}"
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=mqtt.MQTTv5)
         self.events = {name: queue.Queue() for name in ("connect", "message", "subscribe", "publish", "disconnect")}
@@ -48,6 +50,9 @@ class Peer:
         c.on_subscribe = lambda cl, ud, mid, rcs, props: self.events["subscribe"].put((mid, rcs))
         c.on_publish = lambda cl, ud, mid, rc, props: self.events["publish"].put((mid, rc))
         c.on_disconnect = lambda cl, ud, flags, rc, props: self.events["disconnect"].put(rc)
+        if will is not None:
+            will_topic, will_payload, will_properties = will
+            c.will_set(will_topic, will_payload, qos=1, properties=will_properties)
         c.connect(host, port, keepalive=60, clean_start=clean_start, properties=connect_properties)
         c.loop_start()
         self.flags, rc, self.connack_properties = self.wait("connect")
@@ -81,9 +86,17 @@ class Peer:
             return rc
         return None
 
-    def close(self):
-        self.client.disconnect()
+    def close(self, reason=None, properties=None):
+        self.client.disconnect(reasoncode=reason, properties=properties)
+        self.wait("disconnect")
         self.client.loop_stop()
+
+    def vanish(self):
+        """Drops the connection without DISCONNECT, as a crashed client would."""
+        self.client.loop_stop()
+        sock = self.client.socket()
+        sock.shutdown(socket.SHUT_RDWR)
+        sock.close()
 
 
 def topic():
@@ -180,7 +193,6 @@ def message_expiry(host, port):
     pub.publish(t, b"long", properties=expiry(600))
     pub.publish(t, b"forever")
     # Let the short one expire while the subscriber is away: time is what this checks.
-    import time
     time.sleep(2.2)
     back = Peer(host, port, client_id=sub.client_id, clean_start=False, connect_properties=session)
     check(back.flags.session_present, "the session was kept (session present)")
@@ -212,7 +224,70 @@ def maximum_packet_size(host, port):
     check(msg.payload == b"fits", f"a packet over the client's Maximum Packet Size is not sent [MQTT-3.1.2-25] (got {len(msg.payload)} bytes)")
 
 
+def session(seconds):
+    return props(PacketTypes.CONNECT, SessionExpiryInterval=seconds)
+
+
+def session_expiry(host, port):
+    cid = f"sx-{uuid.uuid4().hex[:8]}"
+    a = Peer(host, port, client_id=cid, connect_properties=session(1))
+    a.close()
+    b = Peer(host, port, client_id=cid, clean_start=False, connect_properties=session(1))
+    check(b.flags.session_present, "a session is kept within its expiry interval")
+    b.close()
+    time.sleep(1.6)  # past the 1 s interval: the expiry timer is what this checks
+    c = Peer(host, port, client_id=cid, clean_start=False, connect_properties=session(60))
+    check(not c.flags.session_present, "the session is gone once its expiry interval has passed [MQTT-3.1.2-23]")
+    c.close(properties=props(PacketTypes.DISCONNECT, SessionExpiryInterval=0))
+    d = Peer(host, port, client_id=cid, clean_start=False)
+    check(not d.flags.session_present, "DISCONNECT with Session Expiry Interval 0 ends the session at once")
+    d.close()
+    e = Peer(host, port, client_id=cid, clean_start=False)
+    check(not e.flags.session_present, "no Session Expiry Interval at CONNECT means the session ends with the connection")
+
+
+def will_delay(host, port):
+    t = topic()
+    watcher = Peer(host, port)
+    watcher.subscribe(t)
+    cid = f"wd-{uuid.uuid4().hex[:8]}"
+    delayed = props(PacketTypes.WILLMESSAGE, WillDelayInterval=2)
+    first = Peer(host, port, client_id=cid, connect_properties=session(60), will=(t, b"late will", delayed))
+    first.vanish()
+    time.sleep(0.5)
+    back = Peer(host, port, client_id=cid, clean_start=False, connect_properties=session(60))
+    check(back.flags.session_present, "the client came back within the will delay")
+    watcher.nothing("message", timeout=2.5)
+    check(True, "a reconnect within the Will Delay Interval suppresses the will [MQTT-3.1.3-9]")
+    back.client.disconnect()
+    back.client.loop_stop()
+    again = Peer(host, port, client_id=cid, clean_start=False, connect_properties=session(60), will=(t, b"late will", delayed))
+    again.vanish()
+    gone = time.monotonic()
+    msg = watcher.wait("message")
+    waited = time.monotonic() - gone
+    check(msg.payload == b"late will", "the will arrives when the client does not come back")
+    check(1.5 <= waited <= 3.5, f"after the 2 s Will Delay Interval (took {waited:.2f} s)")
+
+
+def disconnect_with_will(host, port):
+    t = topic()
+    watcher = Peer(host, port)
+    watcher.subscribe(t)
+    leaving = Peer(host, port, will=(t, b"asked for", None))
+    from paho.mqtt.reasoncodes import ReasonCode
+    leaving.close(reason=ReasonCode(PacketTypes.DISCONNECT, "Disconnect with will message"))
+    check(watcher.wait("message").payload == b"asked for", "DISCONNECT with reason 0x04 publishes the will")
+    quiet = Peer(host, port, will=(t, b"not sent", None))
+    quiet.close()
+    watcher.nothing("message")
+    check(True, "a normal DISCONNECT discards the will [MQTT-3.1.2-10]")
+
+
 SCENARIOS = {
+    "session_expiry": session_expiry,
+    "will_delay": will_delay,
+    "disconnect_with_will": disconnect_with_will,
     "message_expiry": message_expiry,
     "maximum_packet_size": maximum_packet_size,
     "no_local": no_local,
