@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use midge_codec::{MqttStr, ProtocolVersion, PublishProperties, QoS, SubscriptionOptions, topic};
+use midge_codec::{MqttStr, ProtocolVersion, PublishProperties, QoS, topic};
 use parking_lot::{Mutex, RwLock};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
@@ -18,7 +18,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::BrokerConfig;
 use crate::metrics::Metrics;
-use crate::router::TopicIndex;
+use crate::router::{Grant, TopicIndex};
 use crate::session::{Delivery, Discarded, Enqueued, Kick, Message, Session};
 
 /// A session handle compared by identity, for the topic index.
@@ -29,6 +29,14 @@ impl PartialEq for SessionRef {
     fn eq(&self, other: &Self) -> bool {
         Arc::ptr_eq(&self.0, &other.0)
     }
+}
+
+/// One session a message is routed to, merged over its matching subscriptions.
+struct Target<'a> {
+    session: &'a SessionRef,
+    qos: QoS,
+    retain_as_published: bool,
+    ids: Vec<u32>,
 }
 
 /// State shared by every connection.
@@ -322,7 +330,7 @@ impl Shared {
 
     /// Adds or replaces a subscription of a live session. Returns whether
     /// it existed before, or `None` if the session was discarded meanwhile.
-    pub(crate) fn subscribe(&self, session: &Arc<Session>, filter: &str, options: SubscriptionOptions) -> Option<bool> {
+    pub(crate) fn subscribe(&self, session: &Arc<Session>, filter: &str, options: Grant) -> Option<bool> {
         let mut router = self.router.write();
         let mut state = session.state.lock();
         if state.discarded {
@@ -366,21 +374,23 @@ impl Shared {
     /// downgraded to the published QoS [MQTT-3.8.4-6].
     fn route(&self, message: Arc<Message>, origin: Option<&Arc<Session>>) -> usize {
         let router = self.router.read();
-        // (session, QoS, retain as published)
-        let mut targets: Vec<(&SessionRef, QoS, bool)> = Vec::new();
-        router.for_each_match(message.topic.as_str(), |s, o| {
+        let mut targets: Vec<Target<'_>> = Vec::new();
+        router.for_each_match(message.topic.as_str(), |s, grant| {
+            let o = grant.options;
             // No Local: not back to the publisher's own session [MQTT-3.8.3-3].
             if o.no_local && origin.is_some_and(|origin| Arc::ptr_eq(origin, &s.0)) {
                 return;
             }
-            targets.push((s, o.qos, o.retain_as_published));
+            let ids = grant.identifier.into_iter().collect();
+            targets.push(Target { session: s, qos: o.qos, retain_as_published: o.retain_as_published, ids });
         });
         if targets.len() > 1 {
-            targets.sort_unstable_by_key(|(s, _, _)| Arc::as_ptr(&s.0) as usize);
+            targets.sort_unstable_by_key(|t| Arc::as_ptr(&t.session.0) as usize);
             targets.dedup_by(|later, kept| {
-                if later.0 == kept.0 {
-                    kept.1 = kept.1.max(later.1);
-                    kept.2 |= later.2;
+                if later.session == kept.session {
+                    kept.qos = kept.qos.max(later.qos);
+                    kept.retain_as_published |= later.retain_as_published;
+                    kept.ids.append(&mut later.ids);
                     true
                 } else {
                     false
@@ -388,18 +398,22 @@ impl Shared {
             });
         }
         let max_queued = self.config.max_queued_messages;
-        for &(session, qos, retain_as_published) in &targets {
+        let matched = targets.len();
+        for target in targets {
             // RETAIN is cleared on normal delivery [MQTT-3.3.1-9] unless the
             // subscription asked for it as published [MQTT-3.3.1-13].
-            let retain = retain_as_published && message.retain;
-            let delivery = Delivery { message: message.clone(), qos: qos.min(message.qos), retain };
-            match session.0.enqueue(delivery, max_queued) {
+            let retain = target.retain_as_published && message.retain;
+            let mut subscription_ids = target.ids;
+            subscription_ids.sort_unstable();
+            let delivery =
+                Delivery { message: message.clone(), qos: target.qos.min(message.qos), retain, subscription_ids };
+            match target.session.0.enqueue(delivery, max_queued) {
                 Enqueued::Queued | Enqueued::DroppedDiscarded => {}
                 Enqueued::DroppedQueueFull => Metrics::inc(&self.metrics.dropped_queue_full),
                 Enqueued::DroppedQoS0Offline => Metrics::inc(&self.metrics.dropped_qos0_offline),
             }
         }
-        targets.len()
+        matched
     }
 
     /// Retained messages matching `filter`, for a new subscription.

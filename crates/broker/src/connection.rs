@@ -28,6 +28,7 @@ use tokio::time::Instant;
 
 use crate::broker::Shared;
 use crate::metrics::Metrics;
+use crate::router::Grant;
 use crate::session::{Delivery, InflightState, Kick, Message, Session};
 
 /// Why a connection ended. Decides whether the will is published.
@@ -206,7 +207,7 @@ where
         connack.properties.receive_maximum = Some(shared.config.max_inflight.max(1));
         connack.properties.maximum_packet_size = Some(shared.config.max_packet_size);
         connack.properties.shared_subscription_available = Some(false);
-        connack.properties.subscription_identifiers_available = Some(false);
+        connack.properties.subscription_identifiers_available = Some(true);
         connack.properties.topic_alias_maximum = Some(0);
     }
     let _ = encode(&Packet::ConnAck(connack), version, &mut wbuf);
@@ -456,6 +457,12 @@ impl Conn {
             // no aliases (Topic Alias Maximum 0).
             return Err(Close::ProtocolViolation(ReasonCode::ProtocolError, "topic alias not granted [MQTT-3.3.2-7]"));
         }
+        if !publish.properties.subscription_identifiers.is_empty() {
+            return Err(Close::ProtocolViolation(
+                ReasonCode::ProtocolError,
+                "PUBLISH from a client with a Subscription Identifier [MQTT-3.3.4-6]",
+            ));
+        }
         // `$SYS` belongs to the broker: clients' publishes there are
         // acknowledged and dropped, as Mosquitto does.
         let route = !publish.topic.starts_with("$SYS");
@@ -531,7 +538,8 @@ impl Conn {
                 });
                 continue;
             }
-            let Some(existed) = self.shared.subscribe(&self.session, &sub.topic_filter, sub.options) else {
+            let grant = Grant { options: sub.options, identifier: subscribe.properties.subscription_identifier };
+            let Some(existed) = self.shared.subscribe(&self.session, &sub.topic_filter, grant) else {
                 reason_codes.push(ReasonCode::UnspecifiedError);
                 continue;
             };
@@ -551,10 +559,12 @@ impl Conn {
         self.send(&Packet::SubAck(suback));
         // Retained messages follow the SUBACK, flagged RETAIN=1 [MQTT-3.3.1-6], [MQTT-3.3.1-8].
         let max_queued = self.shared.config.max_queued_messages;
+        let subscription_ids: Vec<u32> = subscribe.properties.subscription_identifier.into_iter().collect();
         for sub in granted {
             for message in self.shared.retained_matching(&sub.topic_filter) {
                 let qos = message.qos.min(sub.options.qos);
-                self.session.enqueue(Delivery { message, qos, retain: true }, max_queued);
+                let delivery = Delivery { message, qos, retain: true, subscription_ids: subscription_ids.clone() };
+                self.session.enqueue(delivery, max_queued);
             }
         }
         Ok(())
@@ -734,6 +744,7 @@ fn will_properties(will: &Will) -> midge_codec::PublishProperties {
 fn to_publish(delivery: &Delivery, packet_id: Option<PacketId>, dup: bool, now: std::time::Instant) -> Publish {
     let message = &delivery.message;
     let mut properties = message.properties.clone();
+    properties.subscription_identifiers.clone_from(&delivery.subscription_ids);
     if let Some(expires_at) = message.expires_at {
         let left = expires_at.saturating_duration_since(now);
         // Rounded up, so a message with time left never reads as expired.

@@ -8,6 +8,14 @@ use std::collections::HashMap;
 
 use midge_codec::SubscriptionOptions;
 
+/// What a subscription asked for: its options and, in v5, its
+/// Subscription Identifier.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct Grant {
+    pub(crate) options: SubscriptionOptions,
+    pub(crate) identifier: Option<u32>,
+}
+
 /// Subscriptions of type `T` (a subscriber handle) indexed by topic filter.
 #[derive(Debug)]
 pub(crate) struct TopicIndex<T> {
@@ -23,9 +31,9 @@ struct Node<T> {
     plus: Option<Box<Node<T>>>,
     /// Filters ending here with `/#` (or `#` at the root): match this level
     /// and everything below it [MQTT-4.7.1-2].
-    hash: Vec<(T, SubscriptionOptions)>,
+    hash: Vec<(T, Grant)>,
     /// Filters ending exactly here.
-    exact: Vec<(T, SubscriptionOptions)>,
+    exact: Vec<(T, Grant)>,
 }
 
 impl<T> Default for Node<T> {
@@ -46,7 +54,7 @@ impl<T: PartialEq> Default for TopicIndex<T> {
     }
 }
 
-fn upsert<T: PartialEq>(list: &mut Vec<(T, SubscriptionOptions)>, key: T, options: SubscriptionOptions) -> bool {
+fn upsert<T: PartialEq>(list: &mut Vec<(T, Grant)>, key: T, options: Grant) -> bool {
     if let Some(entry) = list.iter_mut().find(|(k, _)| *k == key) {
         entry.1 = options;
         false
@@ -64,7 +72,7 @@ impl<T: PartialEq> TopicIndex<T> {
 
     /// Adds `key`'s subscription to a *valid* `filter`, or replaces its
     /// options if it already has one [MQTT-3.8.4-3].
-    pub(crate) fn insert(&mut self, filter: &str, key: T, options: SubscriptionOptions) {
+    pub(crate) fn insert(&mut self, filter: &str, key: T, options: Grant) {
         let mut node = &mut self.root;
         let mut levels = filter.split('/').peekable();
         while let Some(level) = levels.next() {
@@ -125,7 +133,7 @@ impl<T: PartialEq> TopicIndex<T> {
     /// Calls `f` for every subscription matching the topic name `topic`.
     /// A subscriber with overlapping filters is reported once per filter;
     /// the caller merges them.
-    pub(crate) fn for_each_match<'a>(&'a self, topic: &str, mut f: impl FnMut(&'a T, SubscriptionOptions)) {
+    pub(crate) fn for_each_match<'a>(&'a self, topic: &str, mut f: impl FnMut(&'a T, Grant)) {
         // Topics starting with '$' are not matched by a leading '+' or '#' [MQTT-4.7.2-1].
         let dollar = topic.starts_with('$');
         let root = &self.root;
@@ -145,11 +153,7 @@ impl<T: PartialEq> TopicIndex<T> {
     }
 
     /// `node` has consumed one level; `rest` are the levels still to match.
-    fn walk<'a>(
-        node: &'a Node<T>,
-        mut rest: std::str::Split<'_, char>,
-        f: &mut impl FnMut(&'a T, SubscriptionOptions),
-    ) {
+    fn walk<'a>(node: &'a Node<T>, mut rest: std::str::Split<'_, char>, f: &mut impl FnMut(&'a T, Grant)) {
         for (k, o) in &node.hash {
             f(k, *o);
         }
@@ -168,7 +172,7 @@ impl<T: PartialEq> TopicIndex<T> {
     }
 }
 
-fn take<T: PartialEq>(list: &mut Vec<(T, SubscriptionOptions)>, key: &T) -> bool {
+fn take<T: PartialEq>(list: &mut Vec<(T, Grant)>, key: &T) -> bool {
     match list.iter().position(|(k, _)| k == key) {
         Some(i) => {
             list.swap_remove(i);
@@ -183,8 +187,8 @@ mod tests {
     use super::*;
     use midge_codec::QoS;
 
-    fn opts(qos: QoS) -> SubscriptionOptions {
-        SubscriptionOptions { qos, ..Default::default() }
+    fn opts(qos: QoS) -> Grant {
+        Grant { options: SubscriptionOptions { qos, ..Default::default() }, identifier: None }
     }
 
     fn matches(index: &TopicIndex<u32>, topic: &str) -> Vec<u32> {
@@ -246,7 +250,7 @@ mod tests {
         idx.insert("a/+/c", 7u32, opts(QoS::ExactlyOnce));
         assert_eq!(idx.len(), 1);
         let mut seen = Vec::new();
-        idx.for_each_match("a/b/c", |k, o| seen.push((*k, o.qos)));
+        idx.for_each_match("a/b/c", |k, o| seen.push((*k, o.options.qos)));
         assert_eq!(seen, vec![(7, QoS::ExactlyOnce)]);
         assert!(idx.remove("a/+/c", &7));
         assert!(!idx.remove("a/+/c", &7));

@@ -15,9 +15,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use midge_codec::{MqttStr, PacketId, ProtocolVersion, PublishProperties, QoS, SubscriptionOptions};
+use midge_codec::{MqttStr, PacketId, ProtocolVersion, PublishProperties, QoS};
 use parking_lot::Mutex;
 use tokio::sync::{Notify, oneshot};
+
+use crate::router::Grant;
 
 /// An application message as the broker routes it: shared by every
 /// subscriber it fans out to, so the payload is never copied.
@@ -62,6 +64,9 @@ pub(crate) struct Delivery {
     /// RETAIN flag on the wire: set only when sent because of a new
     /// subscription [MQTT-3.3.1-8], [MQTT-3.3.1-9].
     pub(crate) retain: bool,
+    /// v5 Subscription Identifiers of every matching subscription
+    /// [MQTT-3.3.4-3]; empty (no allocation) without them.
+    pub(crate) subscription_ids: Vec<u32>,
 }
 
 /// Where an outbound QoS 1/2 message stands.
@@ -121,7 +126,7 @@ pub(crate) struct SessionState {
     /// Set once the session is discarded; a late publisher that still holds
     /// it (through a router snapshot) then drops instead of queueing.
     pub(crate) discarded: bool,
-    pub(crate) subscriptions: HashMap<String, SubscriptionOptions>,
+    pub(crate) subscriptions: HashMap<String, Grant>,
     /// Messages not yet sent: waiting for a connection or a free in-flight slot.
     pub(crate) queue: VecDeque<Delivery>,
     /// Sent QoS 1/2 messages not yet acknowledged, in send order.

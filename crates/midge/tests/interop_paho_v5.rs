@@ -98,3 +98,10 @@ fn the_will_waits_for_its_delay_and_a_reconnect_cancels_it() {
 fn disconnect_with_reason_0x04_publishes_the_will() {
     run_scenario("disconnect_with_will");
 }
+
+/// v5 [MQTT-3.3.4-3]: a message matching several subscriptions of one client is
+/// sent once, carrying every matching Subscription Identifier.
+#[test]
+fn one_copy_carries_every_matching_subscription_identifier() {
+    run_scenario("subscription_identifiers");
+}

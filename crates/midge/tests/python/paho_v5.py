@@ -71,9 +71,9 @@ class Peer:
             return
         raise Failure(f"{self.client_id}: unexpected {event}: {got!r}")
 
-    def subscribe(self, topic, **options):
+    def subscribe(self, topic, properties=None, **options):
         qos = options.pop("qos", 1)
-        self.client.subscribe(topic, options=SubscribeOptions(qos=qos, **options))
+        self.client.subscribe(topic, options=SubscribeOptions(qos=qos, **options), properties=properties)
         _, rcs = self.wait("subscribe")
         check(all(not rc.is_failure for rc in rcs), f"{self.client_id} subscribed to {topic} with {options}")
 
@@ -284,7 +284,34 @@ def disconnect_with_will(host, port):
     check(True, "a normal DISCONNECT discards the will [MQTT-3.1.2-10]")
 
 
+def subscription_identifiers(host, port):
+    base = topic()
+    sub = Peer(host, port)
+    sub.subscribe(f"{base}/+", properties=props(PacketTypes.SUBSCRIBE, SubscriptionIdentifier=1))
+    sub.subscribe(f"{base}/#", properties=props(PacketTypes.SUBSCRIBE, SubscriptionIdentifier=2))
+    sub.subscribe(f"{base}/x/#")
+    pub = Peer(host, port)
+    pub.publish(f"{base}/a", b"both")
+    msg = sub.wait("message")
+    ids = sorted(msg.properties.SubscriptionIdentifier)
+    check(ids == [1, 2], f"one copy carries every matching Subscription Identifier [MQTT-3.3.4-3] (got {ids})")
+    sub.nothing("message")
+    check(True, "overlapping subscriptions give one copy")
+    pub.publish(f"{base}/x/y", b"one")
+    msg = sub.wait("message")
+    ids = getattr(msg.properties, "SubscriptionIdentifier", [])
+    check(ids == [2], f"only the identifiers of matching subscriptions (got {ids})")
+    pub.publish(f"{base}/r", b"kept", retain=True)
+    sub.wait("message")
+    late = Peer(host, port)
+    late.subscribe(f"{base}/r", properties=props(PacketTypes.SUBSCRIBE, SubscriptionIdentifier=7))
+    msg = late.wait("message")
+    check(msg.retain and msg.properties.SubscriptionIdentifier == [7], "a retained message carries the new subscription's identifier")
+    pub.publish(f"{base}/r", b"", retain=True)
+
+
 SCENARIOS = {
+    "subscription_identifiers": subscription_identifiers,
     "session_expiry": session_expiry,
     "will_delay": will_delay,
     "disconnect_with_will": disconnect_with_will,
