@@ -16,6 +16,9 @@ pub struct BrokerConfig {
     /// Largest packet accepted from a client, fixed header included.
     /// Default 1 MiB; the protocol maximum is 268,435,460 bytes.
     pub max_packet_size: u32,
+    /// Topic aliases a v5 client may use towards the broker (announced as
+    /// Topic Alias Maximum; Mosquitto's `max_topic_alias`, default 10).
+    pub topic_alias_maximum: u16,
     /// How long a new connection may take to send CONNECT.
     pub connect_timeout: Duration,
     /// How often `$SYS` topics are published; `None` disables them.
@@ -28,6 +31,7 @@ impl Default for BrokerConfig {
             max_inflight: 20,
             max_queued_messages: 1000,
             max_packet_size: 1024 * 1024,
+            topic_alias_maximum: 10,
             connect_timeout: Duration::from_secs(10),
             sys_interval: Some(Duration::from_secs(10)),
         }

@@ -12,15 +12,16 @@
 //! the client is appended to `wbuf` and written once per turn, so a burst
 //! of packets costs one syscall.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
 use midge_codec::{
-    AckProperties, ConnAck, Connect, DecodeError, Disconnect, Packet, PacketId, ProtocolVersion, PubAck, Publish, QoS,
-    ReasonCode, RetainHandling, SubAck, Subscribe, UnsubAck, Unsubscribe, Will, decode, encode, encode_publish,
-    publish_encoded_len, topic,
+    AckProperties, ConnAck, Connect, DecodeError, Disconnect, MqttStr, Packet, PacketId, ProtocolVersion, PubAck,
+    Publish, QoS, ReasonCode, RetainHandling, SubAck, Subscribe, UnsubAck, Unsubscribe, Will, decode, encode,
+    encode_publish, publish_encoded_len, topic,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{Notify, oneshot};
@@ -208,7 +209,7 @@ where
         connack.properties.maximum_packet_size = Some(shared.config.max_packet_size);
         connack.properties.shared_subscription_available = Some(false);
         connack.properties.subscription_identifiers_available = Some(true);
-        connack.properties.topic_alias_maximum = Some(0);
+        connack.properties.topic_alias_maximum = Some(shared.config.topic_alias_maximum);
     }
     let _ = encode(&Packet::ConnAck(connack), version, &mut wbuf);
     Metrics::inc(&shared.metrics.packets_sent);
@@ -229,6 +230,9 @@ where
             shared.config.max_inflight.max(1).min(connect.properties.receive_maximum.unwrap_or(u16::MAX)),
         ),
         client_max_packet: connect.properties.maximum_packet_size,
+        inbound_aliases: HashMap::new(),
+        outbound_aliases: HashMap::new(),
+        client_alias_maximum: connect.properties.topic_alias_maximum.unwrap_or(0),
     };
     conn.resend_inflight();
     let keep_alive = (connect.keep_alive > 0).then(|| Duration::from_millis(u64::from(connect.keep_alive) * 1500));
@@ -266,6 +270,11 @@ struct Conn {
     /// The client's v5 Maximum Packet Size; larger PUBLISH packets are not
     /// sent to it [MQTT-3.1.2-25].
     client_max_packet: Option<u32>,
+    /// Topic aliases the client set on this connection (v5 section 3.3.2.3.4).
+    inbound_aliases: HashMap<u16, MqttStr>,
+    /// Aliases we gave topics towards the client, up to its Topic Alias Maximum.
+    outbound_aliases: HashMap<MqttStr, u16>,
+    client_alias_maximum: u16,
 }
 
 impl Conn {
@@ -450,12 +459,32 @@ impl Conn {
         }
     }
 
-    fn handle_publish(&mut self, publish: Publish) -> Result<(), Close> {
+    fn handle_publish(&mut self, mut publish: Publish) -> Result<(), Close> {
         Metrics::inc(&self.shared.metrics.publish_received);
-        if publish.topic.is_empty() {
-            // Only a v5 topic alias can leave the topic empty, and we grant
-            // no aliases (Topic Alias Maximum 0).
-            return Err(Close::ProtocolViolation(ReasonCode::ProtocolError, "topic alias not granted [MQTT-3.3.2-7]"));
+        if let Some(alias) = publish.properties.topic_alias.take() {
+            // Aliases belong to this connection: resolved here, never forwarded.
+            if alias == 0 || alias > self.shared.config.topic_alias_maximum {
+                return Err(Close::ProtocolViolation(
+                    ReasonCode::TopicAliasInvalid,
+                    "topic alias 0 or above the Topic Alias Maximum we announced (v5 section 3.3.2.3.4)",
+                ));
+            }
+            if publish.topic.is_empty() {
+                let Some(topic) = self.inbound_aliases.get(&alias) else {
+                    return Err(Close::ProtocolViolation(
+                        ReasonCode::ProtocolError,
+                        "topic alias used before it was set (v5 section 3.3.4)",
+                    ));
+                };
+                publish.topic = topic.clone();
+            } else {
+                self.inbound_aliases.insert(alias, publish.topic.clone());
+            }
+        } else if publish.topic.is_empty() {
+            return Err(Close::ProtocolViolation(
+                ReasonCode::ProtocolError,
+                "empty topic name without a topic alias (v5 section 3.3.2.1)",
+            ));
         }
         if !publish.properties.subscription_identifiers.is_empty() {
             return Err(Close::ProtocolViolation(
@@ -645,12 +674,17 @@ impl Conn {
         let now = std::time::Instant::now();
         let mut sendable = std::mem::take(&mut self.sendable);
         for (delivery, packet_id) in sendable.drain(..) {
-            let publish = to_publish(&delivery, packet_id, false, now);
+            let mut publish = to_publish(&delivery, packet_id, false, now);
+            let new_alias = self.apply_outbound_alias(&mut publish);
             if let Some(max) = self.client_max_packet
                 && publish_encoded_len(&publish, self.version) > max as usize
             {
                 self.discard_oversized(packet_id);
                 continue;
+            }
+            // The client learns an alias only from a packet it receives.
+            if let Some((topic, alias)) = new_alias {
+                self.outbound_aliases.insert(topic, alias);
             }
             let _ = encode_publish(&publish, self.version, &mut self.wbuf);
             sent += 1;
@@ -660,6 +694,26 @@ impl Conn {
             Metrics::add(&self.shared.metrics.publish_sent, sent);
             Metrics::add(&self.shared.metrics.packets_sent, sent);
         }
+    }
+
+    /// Uses a topic alias towards a v5 client that accepts them: a topic
+    /// seen before goes as an empty topic with its alias; a new one gets the
+    /// next free alias, returned for recording once the packet is sent.
+    fn apply_outbound_alias(&self, publish: &mut Publish) -> Option<(MqttStr, u16)> {
+        if self.client_alias_maximum == 0 {
+            return None;
+        }
+        if let Some(&alias) = self.outbound_aliases.get(&publish.topic) {
+            publish.properties.topic_alias = Some(alias);
+            publish.topic = MqttStr::default();
+            return None;
+        }
+        let next = u16::try_from(self.outbound_aliases.len() + 1).ok()?;
+        if next > self.client_alias_maximum {
+            return None;
+        }
+        publish.properties.topic_alias = Some(next);
+        Some((publish.topic.clone(), next))
     }
 
     /// A message larger than the client accepts is discarded as if it had

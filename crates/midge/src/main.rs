@@ -46,6 +46,9 @@ struct ServeArgs {
     /// Largest packet accepted from a client, in bytes.
     #[arg(long, default_value_t = 1024 * 1024, value_parser = clap::value_parser!(u32).range(16..=268_435_460))]
     max_packet_size: u32,
+    /// Topic aliases an MQTT 5 client may use towards the broker; 0 turns them off.
+    #[arg(long, default_value_t = 10)]
+    topic_alias_maximum: u16,
     /// Log filter (error, warn, info, debug, trace, or a tracing directive).
     #[arg(long, default_value = "info", env = "MIDGE_LOG")]
     log_level: String,
@@ -76,6 +79,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             max_inflight: args.max_inflight,
             max_queued_messages: args.max_queued_messages,
             max_packet_size: args.max_packet_size,
+            topic_alias_maximum: args.topic_alias_maximum,
             sys_interval: (args.sys_interval > 0).then(|| Duration::from_secs(args.sys_interval)),
             ..BrokerConfig::default()
         };

@@ -104,3 +104,17 @@ fn mqttjs_late_subscriber_receives_a_retained_message() {
 fn mqttjs_client_will_is_published_when_its_connection_drops() {
     scenario("will", "311");
 }
+
+/// v5 section 3.3.2.3.4: MQTT.js sets a topic alias and then publishes by alias
+/// alone; midge resolves it, and towards a subscriber that accepts aliases it sends
+/// the topic once and the alias alone afterwards.
+#[test]
+fn mqttjs_topic_aliases_work_in_both_directions() {
+    require_mqttjs();
+    let broker = start_broker(&[]);
+    let mut command = Command::new("node");
+    command.current_dir(js_dir()).arg("mqttjs_v5.mjs").args(["127.0.0.1", &broker.port().to_string(), "topic_aliases"]);
+    let mut script = Process::spawn("mqttjs v5 topic_aliases", command);
+    script.wait_success(WAIT);
+    assert!(script.stdout().contains("passed: topic_aliases"), "{}", script.transcript());
+}

@@ -105,3 +105,10 @@ fn disconnect_with_reason_0x04_publishes_the_will() {
 fn one_copy_carries_every_matching_subscription_identifier() {
     run_scenario("subscription_identifiers");
 }
+
+/// v5 section 3.3.2.3.4: a Topic Alias above the maximum the server announced ends the
+/// connection with DISCONNECT 0x94.
+#[test]
+fn a_topic_alias_above_the_maximum_gets_disconnect_0x94() {
+    run_scenario("topic_alias_invalid");
+}

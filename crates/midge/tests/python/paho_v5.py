@@ -310,7 +310,42 @@ def subscription_identifiers(host, port):
     pub.publish(f"{base}/r", b"", retain=True)
 
 
+def raw_v5_session(host, port):
+    """A bare socket that has sent a v5 CONNECT and read its CONNACK."""
+    sock = socket.create_connection((host, port), timeout=TIMEOUT)
+    client_id = b"raw-alias"
+    body = b"\x00\x04MQTT\x05\x02\x00\x3c\x00" + len(client_id).to_bytes(2, "big") + client_id
+    sock.sendall(bytes([0x10, len(body)]) + body)
+    header = recv_exactly(sock, 2)
+    check(header[0] == 0x20 and header[1] < 0x80, f"raw v5 client got CONNACK ({header!r})")
+    recv_exactly(sock, header[1])
+    return sock
+
+
+def recv_exactly(sock, n):
+    data = b""
+    while len(data) < n:
+        chunk = sock.recv(n - len(data))
+        if not chunk:
+            raise Failure(f"connection closed after {len(data)} of {n} bytes")
+        data += chunk
+    return data
+
+
+def topic_alias_invalid(host, port):
+    sock = raw_v5_session(host, port)
+    # PUBLISH QoS 0, topic "t/a", properties: Topic Alias (0x23) = 60000.
+    body = b"\x00\x03t/a" + b"\x03\x23" + (60000).to_bytes(2, "big") + b"x"
+    sock.sendall(bytes([0x30, len(body)]) + body)
+    header = recv_exactly(sock, 3)
+    check(header[0] == 0xE0, f"the server sends DISCONNECT (got {header!r})")
+    check(header[2] == 0x94, f"with reason 0x94 Topic Alias invalid (got {header[2]:#x})")
+    recv_exactly(sock, header[1] - 1)
+    check(sock.recv(16) == b"", "and closes the connection")
+
+
 SCENARIOS = {
+    "topic_alias_invalid": topic_alias_invalid,
     "subscription_identifiers": subscription_identifiers,
     "session_expiry": session_expiry,
     "will_delay": will_delay,
