@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use midge_codec::topic::SharedFilter;
 use midge_codec::{MqttStr, ProtocolVersion, PublishProperties, QoS, topic};
 use parking_lot::{Mutex, RwLock};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -20,6 +21,7 @@ use crate::config::BrokerConfig;
 use crate::metrics::Metrics;
 use crate::router::{Grant, TopicIndex};
 use crate::session::{Delivery, Discarded, Enqueued, Kick, Message, Session};
+use crate::shared::{SharedGroup, Subscriber};
 
 /// A session handle compared by identity, for the topic index.
 #[derive(Debug, Clone)]
@@ -28,6 +30,51 @@ pub(crate) struct SessionRef(pub(crate) Arc<Session>);
 impl PartialEq for SessionRef {
     fn eq(&self, other: &Self) -> bool {
         Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+/// The topic index with its share groups. One lock guards both, so a
+/// group is in the index exactly while it has members.
+#[derive(Debug, Default)]
+pub(crate) struct Router {
+    index: TopicIndex<Subscriber>,
+    /// `{group}/{filter}` → group.
+    groups: HashMap<String, Arc<SharedGroup>>,
+}
+
+impl Router {
+    fn subscribe(&mut self, session: &Arc<Session>, filter: &str, grant: Grant) {
+        let member = SessionRef(session.clone());
+        match SharedFilter::parse(filter) {
+            Ok(Some(shared)) => {
+                let name = format!("{}/{}", shared.group, shared.filter);
+                let group = self.groups.entry(name).or_insert_with(|| {
+                    let group = Arc::new(SharedGroup::new());
+                    self.index.insert(shared.filter, Subscriber::Shared(group.clone()), Grant::default());
+                    group
+                });
+                group.join(member, grant);
+            }
+            _ => self.index.insert(filter, Subscriber::Session(member), grant),
+        }
+    }
+
+    fn unsubscribe(&mut self, session: &Arc<Session>, filter: &str) {
+        let member = SessionRef(session.clone());
+        match SharedFilter::parse(filter) {
+            Ok(Some(shared)) => {
+                let name = format!("{}/{}", shared.group, shared.filter);
+                if let Some(group) = self.groups.get(&name)
+                    && group.leave(&member)
+                {
+                    self.index.remove(shared.filter, &Subscriber::Shared(group.clone()));
+                    self.groups.remove(&name);
+                }
+            }
+            _ => {
+                self.index.remove(filter, &Subscriber::Session(member));
+            }
+        }
     }
 }
 
@@ -50,7 +97,7 @@ pub(crate) struct Shared {
     pub(crate) metrics: Metrics,
     /// Client id → session, for takeover and resumption.
     sessions: Mutex<HashMap<Arc<str>, Arc<Session>>>,
-    router: RwLock<TopicIndex<SessionRef>>,
+    router: RwLock<Router>,
     /// Topic name → last retained message.
     retained: RwLock<HashMap<Box<str>, Arc<Message>>>,
     next_connection_id: AtomicU64,
@@ -74,7 +121,7 @@ impl Broker {
                 config,
                 metrics: Metrics::default(),
                 sessions: Mutex::new(HashMap::new()),
-                router: RwLock::new(TopicIndex::default()),
+                router: RwLock::new(Router::default()),
                 retained: RwLock::new(HashMap::new()),
                 next_connection_id: AtomicU64::new(1),
                 started: Instant::now(),
@@ -176,14 +223,17 @@ impl Shared {
                 state.expiry_interval = expiry_interval;
                 state.protocol = protocol;
                 state.pending_will = None;
+                existing.set_online(true);
                 return (existing.clone(), true);
             }
             let discarded = state.discard(Kick::TakenOver { publish_will: true });
             drop(state);
+            existing.set_online(false);
             self.finish_discard(&existing, discarded);
         }
         let session = Arc::new(Session::new(client_id.into(), expiry_interval, protocol));
         session.state.lock().attach(connection_id, wake, kick, Kick::TakenOver { publish_will: true });
+        session.set_online(true);
         sessions.insert(session.client_id.clone(), session.clone());
         (session, false)
     }
@@ -210,6 +260,7 @@ impl Shared {
         }
         state.owner = None;
         state.detached_by = connection_id;
+        session.set_online(false);
         if state.ends_with_connection() {
             let mut discarded = state.discard(Kick::TakenOver { publish_will: true });
             discarded.pending_will = will.map(|(message, _)| message);
@@ -234,7 +285,11 @@ impl Shared {
                 will_delay = expiry.is_none_or(|e| delay < e).then_some(delay);
             }
         }
+        // Shared-subscription messages this client has not taken go to
+        // another member now rather than wait for it (v5 section 4.8.2).
+        let orphans = state.take_shared();
         drop((state, sessions));
+        self.reroute_shared(session, orphans);
         if let Some(message) = will_now {
             self.publish(message, None);
         }
@@ -299,6 +354,7 @@ impl Shared {
     /// that was waiting for the session to end [MQTT-3.1.3-9].
     fn finish_discard(&self, session: &Arc<Session>, discarded: Discarded) {
         self.remove_subscriptions(session, discarded.filters);
+        self.reroute_shared(session, discarded.shared_orphans);
         if let Some(will) = discarded.pending_will {
             self.publish(will, None);
         }
@@ -308,10 +364,43 @@ impl Shared {
         if filters.is_empty() {
             return;
         }
-        let key = SessionRef(session.clone());
         let mut router = self.router.write();
         for filter in filters {
-            router.remove(&filter, &key);
+            router.unsubscribe(session, &filter);
+        }
+    }
+
+    /// Gives shared-subscription messages that `from` will not take to
+    /// other members of their groups; those with no other member stay with
+    /// `from` (if it still exists, it will get them when it returns).
+    fn reroute_shared(&self, from: &Arc<Session>, orphans: Vec<Delivery>) {
+        if orphans.is_empty() {
+            return;
+        }
+        let from = SessionRef(from.clone());
+        let max_queued = self.config.max_queued_messages;
+        let mut kept = Vec::new();
+        for delivery in orphans {
+            let Some(group) = delivery.shared.clone() else { continue };
+            match group.pick(self.config.shared_strategy, Some(&from)) {
+                Some((member, grant)) => {
+                    let qos = delivery.message.qos.min(grant.options.qos);
+                    let subscription_ids = grant.identifier.into_iter().collect();
+                    // Another client: a new delivery, not a re-send, so DUP is 0.
+                    let delivery = Delivery { qos, subscription_ids, ..delivery };
+                    if member.0.enqueue(delivery, max_queued) == Enqueued::DroppedQueueFull {
+                        Metrics::inc(&self.metrics.dropped_queue_full);
+                    }
+                }
+                None => kept.push(delivery),
+            }
+        }
+        let mut state = from.0.state.lock();
+        if !state.discarded {
+            // Back where they were, ahead of anything newer.
+            for delivery in kept.into_iter().rev() {
+                state.queue.push_front(delivery);
+            }
         }
     }
 
@@ -321,7 +410,7 @@ impl Shared {
     }
 
     pub(crate) fn subscription_count(&self) -> usize {
-        self.router.read().len()
+        self.router.read().index.len()
     }
 
     pub(crate) fn retained_count(&self) -> usize {
@@ -338,7 +427,7 @@ impl Shared {
         }
         let existed = state.subscriptions.insert(filter.to_owned(), options).is_some();
         drop(state);
-        router.insert(filter, SessionRef(session.clone()), options);
+        router.subscribe(session, filter, options);
         Some(existed)
     }
 
@@ -346,7 +435,7 @@ impl Shared {
     pub(crate) fn unsubscribe(&self, session: &Arc<Session>, filter: &str) -> bool {
         let mut router = self.router.write();
         let existed = session.state.lock().subscriptions.remove(filter).is_some();
-        router.remove(filter, &SessionRef(session.clone()));
+        router.unsubscribe(session, filter);
         existed
     }
 
@@ -375,7 +464,12 @@ impl Shared {
     fn route(&self, message: Arc<Message>, origin: Option<&Arc<Session>>) -> usize {
         let router = self.router.read();
         let mut targets: Vec<Target<'_>> = Vec::new();
-        router.for_each_match(message.topic.as_str(), |s, grant| {
+        let mut groups: Vec<&Arc<SharedGroup>> = Vec::new();
+        router.index.for_each_match(message.topic.as_str(), |subscriber, grant| {
+            let s = match subscriber {
+                Subscriber::Session(s) => s,
+                Subscriber::Shared(group) => return groups.push(group),
+            };
             let o = grant.options;
             // No Local: not back to the publisher's own session [MQTT-3.8.3-3].
             if o.no_local && origin.is_some_and(|origin| Arc::ptr_eq(origin, &s.0)) {
@@ -398,25 +492,48 @@ impl Shared {
             });
         }
         let max_queued = self.config.max_queued_messages;
-        let matched = targets.len();
+        let mut matched = targets.len();
+        // Each share group gives the message to one member, separately from
+        // that member's own subscriptions (v5 section 4.8.2).
+        for group in groups {
+            let Some((member, grant)) = group.pick(self.config.shared_strategy, None) else { continue };
+            matched += 1;
+            let delivery = Delivery {
+                message: message.clone(),
+                qos: grant.options.qos.min(message.qos),
+                retain: grant.options.retain_as_published && message.retain,
+                subscription_ids: grant.identifier.into_iter().collect(),
+                shared: Some(group.clone()),
+            };
+            self.count_enqueue(member.0.enqueue(delivery, max_queued));
+        }
         for target in targets {
             // RETAIN is cleared on normal delivery [MQTT-3.3.1-9] unless the
             // subscription asked for it as published [MQTT-3.3.1-13].
             let retain = target.retain_as_published && message.retain;
             let mut subscription_ids = target.ids;
             subscription_ids.sort_unstable();
-            let delivery =
-                Delivery { message: message.clone(), qos: target.qos.min(message.qos), retain, subscription_ids };
-            match target.session.0.enqueue(delivery, max_queued) {
-                Enqueued::Queued | Enqueued::DroppedDiscarded => {}
-                Enqueued::DroppedQueueFull => Metrics::inc(&self.metrics.dropped_queue_full),
-                Enqueued::DroppedQoS0Offline => Metrics::inc(&self.metrics.dropped_qos0_offline),
-            }
+            let delivery = Delivery {
+                message: message.clone(),
+                qos: target.qos.min(message.qos),
+                retain,
+                subscription_ids,
+                shared: None,
+            };
+            self.count_enqueue(target.session.0.enqueue(delivery, max_queued));
         }
         matched
     }
 
     /// Retained messages matching `filter`, for a new subscription.
+    fn count_enqueue(&self, outcome: Enqueued) {
+        match outcome {
+            Enqueued::Queued | Enqueued::DroppedDiscarded => {}
+            Enqueued::DroppedQueueFull => Metrics::inc(&self.metrics.dropped_queue_full),
+            Enqueued::DroppedQoS0Offline => Metrics::inc(&self.metrics.dropped_qos0_offline),
+        }
+    }
+
     /// An expired retained message is not sent [MQTT-3.3.2-5].
     pub(crate) fn retained_matching(&self, filter: &str) -> Vec<Arc<Message>> {
         let now = std::time::Instant::now();

@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use crate::shared::SharedStrategy;
+
 /// What a running broker is allowed to do. Every field has a default that
 /// matches what a Mosquitto user would expect unless noted.
 #[derive(Debug, Clone)]
@@ -19,6 +21,8 @@ pub struct BrokerConfig {
     /// Topic aliases a v5 client may use towards the broker (announced as
     /// Topic Alias Maximum; Mosquitto's `max_topic_alias`, default 10).
     pub topic_alias_maximum: u16,
+    /// How a share group picks the member for each message.
+    pub shared_strategy: SharedStrategy,
     /// How long a new connection may take to send CONNECT.
     pub connect_timeout: Duration,
     /// How often `$SYS` topics are published; `None` disables them.
@@ -32,6 +36,7 @@ impl Default for BrokerConfig {
             max_queued_messages: 1000,
             max_packet_size: 1024 * 1024,
             topic_alias_maximum: 10,
+            shared_strategy: SharedStrategy::RoundRobin,
             connect_timeout: Duration::from_secs(10),
             sys_interval: Some(Duration::from_secs(10)),
         }

@@ -207,7 +207,7 @@ where
         connack.properties.assigned_client_identifier = assigned;
         connack.properties.receive_maximum = Some(shared.config.max_inflight.max(1));
         connack.properties.maximum_packet_size = Some(shared.config.max_packet_size);
-        connack.properties.shared_subscription_available = Some(false);
+        connack.properties.shared_subscription_available = Some(true);
         connack.properties.subscription_identifiers_available = Some(true);
         connack.properties.topic_alias_maximum = Some(shared.config.topic_alias_maximum);
     }
@@ -551,7 +551,21 @@ impl Conn {
         let mut reason_codes = Vec::with_capacity(subscribe.subscriptions.len());
         let mut granted = Vec::new();
         for sub in &subscribe.subscriptions {
-            if topic::validate_topic_filter(&sub.topic_filter).is_err() {
+            let shared = topic::SharedFilter::parse(&sub.topic_filter);
+            if let Ok(Some(_)) = shared
+                && sub.options.no_local
+            {
+                return Err(Close::ProtocolViolation(
+                    ReasonCode::ProtocolError,
+                    "No Local on a shared subscription [MQTT-3.8.3-4]",
+                ));
+            }
+            let valid = match shared {
+                Ok(Some(_)) => true,
+                Ok(None) => topic::validate_topic_filter(&sub.topic_filter).is_ok(),
+                Err(_) => false,
+            };
+            if !valid {
                 tracing::info!(client_id = %self.session.client_id, peer = %self.peer, filter = sub.topic_filter, "invalid topic filter [MQTT-4.7.1-1]");
                 if self.version == ProtocolVersion::V3_1 {
                     // MQTT 3.1 SUBACK has no failure code.
@@ -580,7 +594,9 @@ impl Conn {
                 RetainHandling::SendIfNew => !existed,
                 RetainHandling::DoNotSend => false,
             };
-            if send_retained {
+            // Retained messages are not sent for a shared subscription
+            // (v5 section 4.8.2).
+            if send_retained && !matches!(shared, Ok(Some(_))) {
                 granted.push(sub);
             }
         }
@@ -592,7 +608,8 @@ impl Conn {
         for sub in granted {
             for message in self.shared.retained_matching(&sub.topic_filter) {
                 let qos = message.qos.min(sub.options.qos);
-                let delivery = Delivery { message, qos, retain: true, subscription_ids: subscription_ids.clone() };
+                let delivery =
+                    Delivery { message, qos, retain: true, subscription_ids: subscription_ids.clone(), shared: None };
                 self.session.enqueue(delivery, max_queued);
             }
         }

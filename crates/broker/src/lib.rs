@@ -33,9 +33,11 @@ mod connection;
 mod metrics;
 mod router;
 mod session;
+mod shared;
 mod sys;
 
 pub use broker::Broker;
 pub use config::BrokerConfig;
 pub use metrics::Metrics;
+pub use shared::SharedStrategy;
 pub use sys::VERSION;

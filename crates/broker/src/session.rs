@@ -12,6 +12,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::num::NonZeroU16;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -20,6 +21,7 @@ use parking_lot::Mutex;
 use tokio::sync::{Notify, oneshot};
 
 use crate::router::Grant;
+use crate::shared::SharedGroup;
 
 /// An application message as the broker routes it: shared by every
 /// subscriber it fans out to, so the payload is never copied.
@@ -67,6 +69,9 @@ pub(crate) struct Delivery {
     /// v5 Subscription Identifiers of every matching subscription
     /// [MQTT-3.3.4-3]; empty (no allocation) without them.
     pub(crate) subscription_ids: Vec<u32>,
+    /// The share group it was picked for, so it can go to another member
+    /// if this one leaves.
+    pub(crate) shared: Option<Arc<SharedGroup>>,
 }
 
 /// Where an outbound QoS 1/2 message stands.
@@ -107,6 +112,9 @@ pub(crate) struct Owner {
 pub(crate) struct Session {
     pub(crate) client_id: Arc<str>,
     pub(crate) state: Mutex<SessionState>,
+    /// Mirrors `state.owner.is_some()` for share groups, which check many
+    /// members per message and should not take each one's lock.
+    online: AtomicBool,
 }
 
 #[derive(Debug)]
@@ -142,6 +150,7 @@ pub(crate) struct SessionState {
 pub(crate) struct Discarded {
     pub(crate) filters: Vec<String>,
     pub(crate) pending_will: Option<Message>,
+    pub(crate) shared_orphans: Vec<Delivery>,
 }
 
 /// What [`Session::enqueue`] did with a delivery.
@@ -157,6 +166,7 @@ impl Session {
     pub(crate) fn new(client_id: Arc<str>, expiry_interval: u32, protocol: ProtocolVersion) -> Session {
         Session {
             client_id,
+            online: AtomicBool::new(false),
             state: Mutex::new(SessionState {
                 owner: None,
                 expiry_interval,
@@ -171,6 +181,14 @@ impl Session {
                 awaiting_rel: HashSet::new(),
             }),
         }
+    }
+
+    pub(crate) fn is_online(&self) -> bool {
+        self.online.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_online(&self, online: bool) {
+        self.online.store(online, Ordering::Relaxed);
     }
 
     /// Appends a delivery for the client and wakes its connection. Bounded
@@ -244,13 +262,40 @@ impl SessionState {
             let _ = tx.send(reason);
         }
         self.discarded = true;
+        // Shared-subscription messages not yet sent, or sent at QoS 1, go to
+        // another member; a QoS 2 one already sent must not [MQTT-4.8.2-5].
+        let shared_orphans = self.take_shared();
         self.queue.clear();
         self.inflight.clear();
         self.awaiting_rel.clear();
         Discarded {
             filters: self.subscriptions.drain().map(|(filter, _)| filter).collect(),
             pending_will: self.pending_will.take(),
+            shared_orphans,
         }
+    }
+
+    /// Removes the shared-subscription deliveries another member may take
+    /// over: those not sent yet, and QoS 1 ones sent but not acknowledged
+    /// (v5 section 4.8.2). A QoS 2 message already sent stays, to be
+    /// completed with this client [MQTT-4.8.2-4].
+    pub(crate) fn take_shared(&mut self) -> Vec<Delivery> {
+        let mut taken = Vec::new();
+        if self.queue.iter().any(|d| d.shared.is_some()) {
+            let (shared, own): (VecDeque<Delivery>, VecDeque<Delivery>) =
+                self.queue.drain(..).partition(|d| d.shared.is_some());
+            self.queue = own;
+            taken.extend(shared);
+        }
+        if self.inflight.iter().any(|f| f.delivery.shared.is_some() && f.delivery.qos == QoS::AtLeastOnce) {
+            let (shared, own): (VecDeque<Inflight>, VecDeque<Inflight>) = self
+                .inflight
+                .drain(..)
+                .partition(|f| f.delivery.shared.is_some() && f.delivery.qos == QoS::AtLeastOnce);
+            self.inflight = own;
+            taken.extend(shared.into_iter().map(|f| f.delivery));
+        }
+        taken
     }
 
     /// Allocates an unused non-zero packet id [MQTT-2.3.1-2].

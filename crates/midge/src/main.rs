@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use midge_broker::{Broker, BrokerConfig};
+use midge_broker::{Broker, BrokerConfig, SharedStrategy};
 use tracing_subscriber::EnvFilter;
 
 /// midge: an MQTT broker and toolkit.
@@ -49,9 +49,29 @@ struct ServeArgs {
     /// Topic aliases an MQTT 5 client may use towards the broker; 0 turns them off.
     #[arg(long, default_value_t = 10)]
     topic_alias_maximum: u16,
+    /// How a shared subscription group ($share/GROUP/FILTER) picks the member for each message.
+    #[arg(long, value_enum, default_value_t = SharedStrategyArg::RoundRobin)]
+    shared_strategy: SharedStrategyArg,
     /// Log filter (error, warn, info, debug, trace, or a tracing directive).
     #[arg(long, default_value = "info", env = "MIDGE_LOG")]
     log_level: String,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum SharedStrategyArg {
+    RoundRobin,
+    Random,
+    Sticky,
+}
+
+impl From<SharedStrategyArg> for SharedStrategy {
+    fn from(arg: SharedStrategyArg) -> Self {
+        match arg {
+            SharedStrategyArg::RoundRobin => SharedStrategy::RoundRobin,
+            SharedStrategyArg::Random => SharedStrategy::Random,
+            SharedStrategyArg::Sticky => SharedStrategy::Sticky,
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -80,6 +100,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             max_queued_messages: args.max_queued_messages,
             max_packet_size: args.max_packet_size,
             topic_alias_maximum: args.topic_alias_maximum,
+            shared_strategy: args.shared_strategy.into(),
             sys_interval: (args.sys_interval > 0).then(|| Duration::from_secs(args.sys_interval)),
             ..BrokerConfig::default()
         };

@@ -12,6 +12,10 @@ use interop_support::{WAIT, require_success, start_broker, tests_dir};
 use midge_test_support::Process;
 
 fn run_scenario(scenario: &str) {
+    run_scenario_with(scenario, &[]);
+}
+
+fn run_scenario_with(scenario: &str, broker_args: &[&str]) {
     require_success(
         "python3",
         &[
@@ -20,7 +24,7 @@ fn run_scenario(scenario: &str) {
         ],
         "paho-mqtt>=2,<3 (with pip)",
     );
-    let broker = start_broker(&[]);
+    let broker = start_broker(broker_args);
     let mut command = Command::new("python3");
     command
         .arg("-u")
@@ -111,4 +115,30 @@ fn one_copy_carries_every_matching_subscription_identifier() {
 #[test]
 fn a_topic_alias_above_the_maximum_gets_disconnect_0x94() {
     run_scenario("topic_alias_invalid");
+}
+
+/// v5 section 4.8.2: each message to a share group reaches one member, in turns by
+/// default; a 3.1.1 client can be a member; no retained messages at subscribe.
+#[test]
+fn a_share_group_gives_each_message_to_one_member_in_turns() {
+    run_scenario("shared_round_robin");
+}
+
+/// `--shared-strategy sticky` keeps one member while it stays connected.
+#[test]
+fn the_sticky_strategy_keeps_to_one_member() {
+    run_scenario_with("shared_sticky", &["--shared-strategy", "sticky"]);
+}
+
+/// `--shared-strategy random` spreads messages at random.
+#[test]
+fn the_random_strategy_spreads_messages_at_random() {
+    run_scenario_with("shared_random", &["--shared-strategy", "random"]);
+}
+
+/// v5 section 4.8.2: QoS 1 messages sent to a member that disconnects before
+/// acknowledging them, and messages queued for it, go to another member.
+#[test]
+fn messages_in_flight_to_a_member_that_leaves_go_to_another_member() {
+    run_scenario("shared_inflight_moves");
 }

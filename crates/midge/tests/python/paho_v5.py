@@ -40,9 +40,12 @@ def check(condition, message):
 class Peer:
     """A v5 paho client whose callbacks feed queues read with a time limit."""
 
-    def __init__(self, host, port, client_id=None, clean_start=True, connect_properties=None, will=None):
+    def __init__(self, host, port, client_id=None, clean_start=True, connect_properties=None, will=None, v311=False):
         self.client_id = client_id or f"v5-{uuid.uuid4().hex[:10]}"
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=mqtt.MQTTv5)
+        if v311:
+            self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=mqtt.MQTTv311)
+        else:
+            self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=mqtt.MQTTv5)
         self.events = {name: queue.Queue() for name in ("connect", "message", "subscribe", "publish", "disconnect")}
         c = self.client
         c.on_connect = lambda cl, ud, flags, rc, props: self.events["connect"].put((flags, rc, props))
@@ -53,7 +56,10 @@ class Peer:
         if will is not None:
             will_topic, will_payload, will_properties = will
             c.will_set(will_topic, will_payload, qos=1, properties=will_properties)
-        c.connect(host, port, keepalive=60, clean_start=clean_start, properties=connect_properties)
+        if v311:
+            c.connect(host, port, keepalive=60)
+        else:
+            c.connect(host, port, keepalive=60, clean_start=clean_start, properties=connect_properties)
         c.loop_start()
         self.flags, rc, self.connack_properties = self.wait("connect")
         check(not rc.is_failure, f"{self.client_id} connected ({rc})")
@@ -73,7 +79,10 @@ class Peer:
 
     def subscribe(self, topic, properties=None, **options):
         qos = options.pop("qos", 1)
-        self.client.subscribe(topic, options=SubscribeOptions(qos=qos, **options), properties=properties)
+        if self.client.protocol == mqtt.MQTTv311:
+            self.client.subscribe(topic, qos=qos)
+        else:
+            self.client.subscribe(topic, options=SubscribeOptions(qos=qos, **options), properties=properties)
         _, rcs = self.wait("subscribe")
         check(all(not rc.is_failure for rc in rcs), f"{self.client_id} subscribed to {topic} with {options}")
 
@@ -344,7 +353,90 @@ def topic_alias_invalid(host, port):
     check(sock.recv(16) == b"", "and closes the connection")
 
 
+def drain(peer, timeout=1.0):
+    """Every message that arrives until `timeout` passes with none."""
+    got = []
+    while True:
+        try:
+            got.append(peer.events["message"].get(timeout=timeout))
+        except queue.Empty:
+            return got
+
+
+def shared_round_robin(host, port):
+    t = topic()
+    a = Peer(host, port)
+    b = Peer(host, port, v311=True)
+    a.subscribe(f"$share/g/{t}")
+    b.subscribe(f"$share/g/{t}")
+    pub = Peer(host, port)
+    pub.publish(t, b"kept", retain=True)
+    sent = [f"m{i}".encode() for i in range(10)]
+    for payload in sent:
+        pub.publish(t, payload)
+    got_a, got_b = drain(a), drain(b)
+    payloads = sorted(m.payload for m in got_a + got_b)
+    check(b"kept" in payloads, "the retained message was delivered live to one member")
+    payloads.remove(b"kept")
+    check(payloads == sorted(sent), "each message reaches exactly one member of the group")
+    check(abs(len(got_a) - len(got_b)) <= 1, f"round robin shares them evenly ({len(got_a)} and {len(got_b)})")
+    check(True, "a 3.1.1 client is a member like a v5 one")
+    late = Peer(host, port)
+    late.subscribe(f"$share/other/{t}")
+    late.nothing("message")
+    check(True, "retained messages are not sent for a new shared subscription")
+    pub.publish(t, b"", retain=True)
+
+
+def shared_strategy(host, port, expect):
+    t = topic()
+    a, b = Peer(host, port), Peer(host, port)
+    a.subscribe(f"$share/g/{t}")
+    b.subscribe(f"$share/g/{t}")
+    pub = Peer(host, port)
+    for i in range(40):
+        pub.publish(t, f"m{i}".encode())
+    got_a, got_b = drain(a), drain(b)
+    check(len(got_a) + len(got_b) == 40, f"every message reaches one member ({len(got_a)} + {len(got_b)})")
+    if expect == "sticky":
+        check(min(len(got_a), len(got_b)) == 0, "sticky: one member gets them all while it stays")
+    else:
+        parities = {int(m.payload[1:]) % 2 for m in got_a}
+        check(min(len(got_a), len(got_b)) > 0 and len(parities) == 2, "random: both members get some, not in turns")
+
+
+def shared_inflight_moves(host, port):
+    t = topic()
+    # A raw 3.1.1 member with a persistent session that takes messages and never acknowledges them.
+    raw = socket.create_connection((host, port), timeout=TIMEOUT)
+    cid = b"silent-member"
+    body = b"\x00\x04MQTT\x04\x00\x00\x3c" + len(cid).to_bytes(2, "big") + cid
+    raw.sendall(bytes([0x10, len(body)]) + body)
+    check(recv_exactly(raw, 4)[0] == 0x20, "the silent member connected")
+    filt = f"$share/g/{t}".encode()
+    body = b"\x00\x01" + len(filt).to_bytes(2, "big") + filt + b"\x01"
+    raw.sendall(bytes([0x82, len(body)]) + body)
+    check(recv_exactly(raw, 5)[0] == 0x90, "the silent member subscribed")
+    b = Peer(host, port)
+    b.subscribe(f"$share/g/{t}")
+    pub = Peer(host, port)
+    sent = [f"m{i}".encode() for i in range(6)]
+    for payload in sent:
+        pub.publish(t, payload)
+    first = drain(b, timeout=0.5)
+    check(len(first) < 6, f"some messages went to the silent member ({6 - len(first)})")
+    raw.shutdown(socket.SHUT_RDWR)
+    raw.close()
+    rest = drain(b)
+    payloads = sorted(m.payload for m in first + rest)
+    check(payloads == sorted(sent), "messages in flight to a member that left go to another member (v5 section 4.8.2)")
+
+
 SCENARIOS = {
+    "shared_round_robin": shared_round_robin,
+    "shared_sticky": lambda h, p: shared_strategy(h, p, "sticky"),
+    "shared_random": lambda h, p: shared_strategy(h, p, "random"),
+    "shared_inflight_moves": shared_inflight_moves,
     "topic_alias_invalid": topic_alias_invalid,
     "subscription_identifiers": subscription_identifiers,
     "session_expiry": session_expiry,
