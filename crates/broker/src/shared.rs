@@ -75,7 +75,7 @@ impl SharedGroup {
                 if let Some(current) = sticky.as_ref()
                     && let Some(entry) = candidates.iter().find(|(m, _)| m == current && m.0.is_online())
                 {
-                    return Some(((*entry).0.clone(), entry.1));
+                    return Some((entry.0.clone(), entry.1));
                 }
                 let start = self.cursor.fetch_add(1, Ordering::Relaxed);
                 let i = (start..start + n).find(|&i| online(i)).unwrap_or(start) % n;
