@@ -21,6 +21,10 @@ pub struct BrokerConfig {
     /// Topic aliases a v5 client may use towards the broker (announced as
     /// Topic Alias Maximum; Mosquitto's `max_topic_alias`, default 10).
     pub topic_alias_maximum: u16,
+    /// Longest keep-alive a client may ask for (Mosquitto's `max_keepalive`).
+    /// A v5 client asking for more, or for none, is told this value in
+    /// CONNACK's Server Keep Alive; a 3.x client asking for more is refused.
+    pub max_keep_alive: u16,
     /// How a share group picks the member for each message.
     pub shared_strategy: SharedStrategy,
     /// How long a new connection may take to send CONNECT.
@@ -37,6 +41,7 @@ impl Default for BrokerConfig {
             max_packet_size: 1024 * 1024,
             topic_alias_maximum: 10,
             shared_strategy: SharedStrategy::RoundRobin,
+            max_keep_alive: u16::MAX,
             connect_timeout: Duration::from_secs(10),
             sys_interval: Some(Duration::from_secs(10)),
         }

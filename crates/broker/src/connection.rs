@@ -52,6 +52,18 @@ enum Close {
 }
 
 impl Close {
+    /// Human-readable cause for a v5 DISCONNECT's Reason String.
+    fn reason_string(&self) -> Option<String> {
+        match self {
+            Close::Malformed(e) => Some(e.to_string()),
+            Close::ProtocolViolation(_, rule) => Some((*rule).to_owned()),
+            Close::KeepAliveTimeout => Some("keep-alive expired".to_owned()),
+            Close::Kicked(_) => Some("another connection took over the session".to_owned()),
+            Close::Shutdown => Some("server shutting down".to_owned()),
+            _ => None,
+        }
+    }
+
     /// The reason code of the DISCONNECT a v5 client gets before the
     /// server closes [MQTT-4.13.2-1]; `None` when the client ended it.
     fn disconnect_reason(&self) -> Option<ReasonCode> {
@@ -174,6 +186,25 @@ where
         client_id = format!("auto-{:016x}", random_u64());
         assigned = Some(client_id.clone());
     }
+    // Keep-alive limit: a v5 client is told the value to use (Server Keep
+    // Alive [MQTT-3.2.2-21]); a 3.x client cannot be, so it is refused, as
+    // Mosquitto does.
+    let max_keep_alive = shared.config.max_keep_alive;
+    let mut keep_alive = connect.keep_alive;
+    let mut server_keep_alive = None;
+    if keep_alive > max_keep_alive || (keep_alive == 0 && max_keep_alive < u16::MAX) {
+        if version.is_v5() {
+            keep_alive = max_keep_alive;
+            server_keep_alive = Some(max_keep_alive);
+        } else {
+            tracing::info!(%peer, client_id, keep_alive, max_keep_alive, "keep-alive above the maximum; refusing");
+            let connack = ConnAck { reason_code: ReasonCode::ClientIdentifierNotValid, ..Default::default() };
+            let _ = encode(&Packet::ConnAck(connack), version, &mut wbuf);
+            let _ = stream.write_all(&wbuf).await;
+            let _ = stream.shutdown().await;
+            return;
+        }
+    }
     if let Some(will) = &connect.will
         && topic::validate_topic_name(&will.topic).is_err()
     {
@@ -210,6 +241,7 @@ where
         connack.properties.shared_subscription_available = Some(true);
         connack.properties.subscription_identifiers_available = Some(true);
         connack.properties.topic_alias_maximum = Some(shared.config.topic_alias_maximum);
+        connack.properties.server_keep_alive = server_keep_alive;
     }
     let _ = encode(&Packet::ConnAck(connack), version, &mut wbuf);
     Metrics::inc(&shared.metrics.packets_sent);
@@ -235,13 +267,19 @@ where
         client_alias_maximum: connect.properties.topic_alias_maximum.unwrap_or(0),
     };
     conn.resend_inflight();
-    let keep_alive = (connect.keep_alive > 0).then(|| Duration::from_millis(u64::from(connect.keep_alive) * 1500));
+    let keep_alive = (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500));
     let close = conn.serve(&mut stream, rbuf, keep_alive, &wake, kick_rx).await;
     if version.is_v5()
         && let Some(reason_code) = close.disconnect_reason()
     {
         // Best effort: the client may be gone or not reading.
-        conn.send(&Packet::Disconnect(Disconnect { reason_code, ..Default::default() }));
+        let mut disconnect = Disconnect { reason_code, ..Default::default() };
+        // Say why, unless the client asked for no problem information (it
+        // may still get one on DISCONNECT [MQTT-3.1.2-29]; we hold back).
+        if connect.properties.request_problem_information != Some(false) {
+            disconnect.properties.reason_string = close.reason_string();
+        }
+        conn.send(&Packet::Disconnect(disconnect));
         let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(&conn.wbuf)).await;
     }
     conn.finish(close);

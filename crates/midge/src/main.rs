@@ -49,6 +49,10 @@ struct ServeArgs {
     /// Topic aliases an MQTT 5 client may use towards the broker; 0 turns them off.
     #[arg(long, default_value_t = 10)]
     topic_alias_maximum: u16,
+    /// Longest keep-alive (seconds) a client may ask for; MQTT 5 clients asking for
+    /// more, or for none, are told this value; 3.1/3.1.1 clients asking for more are refused.
+    #[arg(long, default_value_t = 65535)]
+    max_keep_alive: u16,
     /// How a shared subscription group ($share/GROUP/FILTER) picks the member for each message.
     #[arg(long, value_enum, default_value_t = SharedStrategyArg::RoundRobin)]
     shared_strategy: SharedStrategyArg,
@@ -101,6 +105,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             max_packet_size: args.max_packet_size,
             topic_alias_maximum: args.topic_alias_maximum,
             shared_strategy: args.shared_strategy.into(),
+            max_keep_alive: args.max_keep_alive,
             sys_interval: (args.sys_interval > 0).then(|| Duration::from_secs(args.sys_interval)),
             ..BrokerConfig::default()
         };

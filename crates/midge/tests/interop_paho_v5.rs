@@ -142,3 +142,23 @@ fn the_random_strategy_spreads_messages_at_random() {
 fn messages_in_flight_to_a_member_that_leaves_go_to_another_member() {
     run_scenario("shared_inflight_moves");
 }
+
+/// v5 [MQTT-3.2.2-21]: with --max-keep-alive 30, a v5 client asking for 100 s is told
+/// Server Keep Alive 30; a 3.1.1 client asking for more is refused (as Mosquitto does).
+#[test]
+fn a_keep_alive_above_the_maximum_is_lowered_for_v5_and_refused_for_3_1_1() {
+    run_scenario_with("server_keep_alive", &["--max-keep-alive", "30"]);
+}
+
+/// v5 section 3.3.2.3: Payload Format Indicator, Content Type, Response Topic,
+/// Correlation Data and User Properties reach the subscriber unchanged.
+#[test]
+fn publish_properties_are_forwarded_unchanged() {
+    run_scenario("passthrough");
+}
+
+/// v5 section 4.10: request/response through Response Topic and Correlation Data.
+#[test]
+fn request_response_works_end_to_end() {
+    run_scenario("request_response");
+}

@@ -349,7 +349,8 @@ def topic_alias_invalid(host, port):
     header = recv_exactly(sock, 3)
     check(header[0] == 0xE0, f"the server sends DISCONNECT (got {header!r})")
     check(header[2] == 0x94, f"with reason 0x94 Topic Alias invalid (got {header[2]:#x})")
-    recv_exactly(sock, header[1] - 1)
+    properties = recv_exactly(sock, header[1] - 1)
+    check(b"\x1f" in properties[:3] and b"Topic Alias" in properties, f"and a Reason String saying why ({properties!r})")
     check(sock.recv(16) == b"", "and closes the connection")
 
 
@@ -432,7 +433,72 @@ def shared_inflight_moves(host, port):
     check(payloads == sorted(sent), "messages in flight to a member that left go to another member (v5 section 4.8.2)")
 
 
+def server_keep_alive(host, port):
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"ka-{uuid.uuid4().hex[:8]}", protocol=mqtt.MQTTv5)
+    got = queue.Queue()
+    c.on_connect = lambda cl, ud, flags, rc, props: got.put((rc, props))
+    c.connect(host, port, keepalive=100)
+    c.loop_start()
+    rc, connack = got.get(timeout=TIMEOUT)
+    check(not rc.is_failure, "a v5 client asking for more than --max-keep-alive is accepted")
+    check(getattr(connack, "ServerKeepAlive", None) == 30, f"and told Server Keep Alive 30 [MQTT-3.2.2-21] ({connack})")
+    c.disconnect()
+    c.loop_stop()
+    old = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"ka3-{uuid.uuid4().hex[:8]}", protocol=mqtt.MQTTv311)
+    got3 = queue.Queue()
+    old.on_connect = lambda cl, ud, flags, rc, props: got3.put(rc)
+    old.connect(host, port, keepalive=100)
+    old.loop_start()
+    rc = got3.get(timeout=TIMEOUT)
+    check(rc.is_failure, f"a 3.1.1 client asking for more is refused ({rc})")
+    old.loop_stop()
+
+
+def passthrough(host, port):
+    t = topic()
+    sub = Peer(host, port)
+    sub.subscribe(t)
+    pub = Peer(host, port)
+    sent = props(
+        PacketTypes.PUBLISH,
+        PayloadFormatIndicator=1,
+        ContentType="application/json",
+        ResponseTopic=f"{t}/reply",
+        CorrelationData=b"\x00\x01corr",
+        UserProperty=[("a", "1"), ("b", "2"), ("a", "3")],
+    )
+    pub.publish(t, b'{"x": 1}', properties=sent)
+    p = sub.wait("message").properties
+    check(p.PayloadFormatIndicator == 1, "Payload Format Indicator is forwarded [MQTT-3.3.2-4]")
+    check(p.ContentType == "application/json", "Content Type is forwarded [MQTT-3.3.2-20]")
+    check(p.ResponseTopic == f"{t}/reply", "Response Topic is forwarded [MQTT-3.3.2-15]")
+    check(p.CorrelationData == b"\x00\x01corr", "Correlation Data is forwarded [MQTT-3.3.2-16]")
+    check(p.UserProperty == [("a", "1"), ("b", "2"), ("a", "3")], "User Properties are forwarded in order [MQTT-3.3.2-17], [MQTT-3.3.2-18]")
+
+
+def request_response(host, port):
+    service = f"{topic()}/service"
+    responder = Peer(host, port)
+    responder.subscribe(service)
+    requester = Peer(host, port)
+    reply_to = f"{topic()}/replies/{requester.client_id}"
+    requester.subscribe(reply_to)
+    for n in (1, 2):
+        requester.publish(service, f"question {n}".encode(), properties=props(
+            PacketTypes.PUBLISH, ResponseTopic=reply_to, CorrelationData=f"req-{n}".encode()))
+    for _ in (1, 2):
+        req = responder.wait("message")
+        answer = req.payload.replace(b"question", b"answer")
+        responder.publish(req.properties.ResponseTopic, answer, properties=props(
+            PacketTypes.PUBLISH, CorrelationData=req.properties.CorrelationData))
+    answers = {requester.wait("message").properties.CorrelationData: None for _ in (1, 2)}
+    check(set(answers) == {b"req-1", b"req-2"}, "each response comes back on the response topic with its correlation data")
+
+
 SCENARIOS = {
+    "server_keep_alive": server_keep_alive,
+    "passthrough": passthrough,
+    "request_response": request_response,
     "shared_round_robin": shared_round_robin,
     "shared_sticky": lambda h, p: shared_strategy(h, p, "sticky"),
     "shared_random": lambda h, p: shared_strategy(h, p, "random"),
