@@ -19,7 +19,7 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the MQTT broker (MQTT 3.1 and 3.1.1 over TCP).
+    /// Run the MQTT broker (MQTT 3.1, 3.1.1 and 5.0 over TCP).
     Serve(ServeArgs),
 }
 
@@ -115,7 +115,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let mut accepts = Vec::new();
         for listener in listeners {
             let local = listener.local_addr().context("reading the bound address")?;
-            tracing::info!("listening on mqtt://{local} (MQTT 3.1, 3.1.1; anonymous clients allowed)");
+            tracing::info!("listening on mqtt://{local} (MQTT 3.1, 3.1.1, 5.0; anonymous clients allowed)");
             if !local.ip().is_loopback() {
                 tracing::warn!(
                     "listener {local} is not loopback and anonymous clients are allowed: anyone who can reach it can publish and subscribe"
