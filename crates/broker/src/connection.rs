@@ -186,6 +186,16 @@ where
         client_id = format!("auto-{:016x}", random_u64());
         assigned = Some(client_id.clone());
     }
+    // No enhanced authentication method is offered yet: a client asking for
+    // one is refused with 0x8C and closed [MQTT-4.12.0-1].
+    if let Some(method) = &connect.properties.authentication_method {
+        tracing::info!(%peer, client_id, method, "unsupported authentication method; refusing");
+        let connack = ConnAck { reason_code: ReasonCode::BadAuthenticationMethod, ..Default::default() };
+        let _ = encode(&Packet::ConnAck(connack), version, &mut wbuf);
+        let _ = stream.write_all(&wbuf).await;
+        let _ = stream.shutdown().await;
+        return;
+    }
     // Keep-alive limit: a v5 client is told the value to use (Server Keep
     // Alive [MQTT-3.2.2-21]); a 3.x client cannot be, so it is refused, as
     // Mosquitto does.

@@ -162,3 +162,10 @@ fn publish_properties_are_forwarded_unchanged() {
 fn request_response_works_end_to_end() {
     run_scenario("request_response");
 }
+
+/// v5 [MQTT-4.12.0-1]: a CONNECT naming an authentication method the server does
+/// not offer gets CONNACK 0x8C and the connection is closed.
+#[test]
+fn an_unsupported_authentication_method_gets_connack_0x8c() {
+    run_scenario("unsupported_auth_method");
+}

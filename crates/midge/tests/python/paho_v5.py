@@ -495,7 +495,21 @@ def request_response(host, port):
     check(set(answers) == {b"req-1", b"req-2"}, "each response comes back on the response topic with its correlation data")
 
 
+def unsupported_auth_method(host, port):
+    sock = socket.create_connection((host, port), timeout=TIMEOUT)
+    method = b"NO-SUCH-METHOD"
+    properties = b"\x15" + len(method).to_bytes(2, "big") + method
+    body = b"\x00\x04MQTT\x05\x02\x00\x3c" + bytes([len(properties)]) + properties + b"\x00\x01a"
+    sock.sendall(bytes([0x10, len(body)]) + body)
+    header = recv_exactly(sock, 2)
+    check(header[0] == 0x20, f"the server answers CONNACK ({header!r})")
+    rest = recv_exactly(sock, header[1])
+    check(rest[1] == 0x8C, f"with 0x8C Bad authentication method [MQTT-4.12.0-1] (got {rest[1]:#x})")
+    check(sock.recv(16) == b"", "and closes the connection")
+
+
 SCENARIOS = {
+    "unsupported_auth_method": unsupported_auth_method,
     "server_keep_alive": server_keep_alive,
     "passthrough": passthrough,
     "request_response": request_response,
