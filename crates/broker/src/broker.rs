@@ -190,6 +190,14 @@ impl Broker {
     }
 }
 
+/// Removes `session` from the registry unless a newer session already
+/// holds its client id.
+fn forget(sessions: &mut HashMap<Arc<str>, Arc<Session>>, session: &Arc<Session>) {
+    if sessions.get(&session.client_id).is_some_and(|s| Arc::ptr_eq(s, session)) {
+        sessions.remove(&session.client_id);
+    }
+}
+
 impl Shared {
     pub(crate) fn next_connection_id(&self) -> u64 {
         self.next_connection_id.fetch_add(1, Ordering::Relaxed)
@@ -265,9 +273,7 @@ impl Shared {
             let mut discarded = state.discard(Kick::TakenOver { publish_will: true });
             discarded.pending_will = will.map(|(message, _)| message);
             drop(state);
-            if sessions.get(&session.client_id).is_some_and(|s| Arc::ptr_eq(s, session)) {
-                sessions.remove(&session.client_id);
-            }
+            forget(&mut sessions, session);
             drop(sessions);
             self.finish_discard(session, discarded);
             return;
@@ -342,9 +348,7 @@ impl Shared {
         }
         let discarded = state.discard(Kick::TakenOver { publish_will: true });
         drop(state);
-        if sessions.get(&session.client_id).is_some_and(|s| Arc::ptr_eq(s, session)) {
-            sessions.remove(&session.client_id);
-        }
+        forget(&mut sessions, session);
         drop(sessions);
         tracing::debug!(client_id = %session.client_id, "session expired");
         self.finish_discard(session, discarded);

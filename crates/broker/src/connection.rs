@@ -126,15 +126,7 @@ where
             Ok(None) => {}
             Err(e @ DecodeError::UnsupportedProtocolVersion { .. }) => {
                 tracing::info!(%peer, error = %e, "refusing CONNECT");
-                let connack = Packet::ConnAck(ConnAck {
-                    reason_code: ReasonCode::UnsupportedProtocolVersion,
-                    ..Default::default()
-                });
-                let mut out = BytesMut::new();
-                if encode(&connack, ProtocolVersion::V3_1_1, &mut out).is_ok() {
-                    let _ = stream.write_all(&out).await;
-                    let _ = stream.shutdown().await;
-                }
+                refuse(stream, ProtocolVersion::V3_1_1, ReasonCode::UnsupportedProtocolVersion).await;
                 return None;
             }
             Err(e) => {
@@ -149,6 +141,15 @@ where
             Ok(n) => Metrics::add(&shared.metrics.bytes_received, n as u64),
         }
     }
+}
+
+/// Answers CONNECT with a refusing CONNACK and closes [MQTT-3.2.2-6].
+async fn refuse<S: AsyncWrite + Unpin>(stream: &mut S, version: ProtocolVersion, reason_code: ReasonCode) {
+    let mut out = BytesMut::new();
+    if encode(&Packet::ConnAck(ConnAck { reason_code, ..Default::default() }), version, &mut out).is_ok() {
+        let _ = stream.write_all(&out).await;
+    }
+    let _ = stream.shutdown().await;
 }
 
 fn reserve(buf: &mut BytesMut) {
@@ -177,23 +178,17 @@ where
         };
         if !allowed {
             tracing::info!(%peer, "empty client id without clean session [MQTT-3.1.3-8]; refusing");
-            let connack = ConnAck { reason_code: ReasonCode::ClientIdentifierNotValid, ..Default::default() };
-            let _ = encode(&Packet::ConnAck(connack), version, &mut wbuf);
-            let _ = stream.write_all(&wbuf).await;
-            let _ = stream.shutdown().await;
+            refuse(&mut stream, version, ReasonCode::ClientIdentifierNotValid).await;
             return;
         }
-        client_id = format!("auto-{:016x}", random_u64());
+        client_id = format!("auto-{:016x}", crate::random_u64());
         assigned = Some(client_id.clone());
     }
     // No enhanced authentication method is offered yet: a client asking for
     // one is refused with 0x8C and closed [MQTT-4.12.0-1].
     if let Some(method) = &connect.properties.authentication_method {
         tracing::info!(%peer, client_id, method, "unsupported authentication method; refusing");
-        let connack = ConnAck { reason_code: ReasonCode::BadAuthenticationMethod, ..Default::default() };
-        let _ = encode(&Packet::ConnAck(connack), version, &mut wbuf);
-        let _ = stream.write_all(&wbuf).await;
-        let _ = stream.shutdown().await;
+        refuse(&mut stream, version, ReasonCode::BadAuthenticationMethod).await;
         return;
     }
     // Keep-alive limit: a v5 client is told the value to use (Server Keep
@@ -208,10 +203,7 @@ where
             server_keep_alive = Some(max_keep_alive);
         } else {
             tracing::info!(%peer, client_id, keep_alive, max_keep_alive, "keep-alive above the maximum; refusing");
-            let connack = ConnAck { reason_code: ReasonCode::ClientIdentifierNotValid, ..Default::default() };
-            let _ = encode(&Packet::ConnAck(connack), version, &mut wbuf);
-            let _ = stream.write_all(&wbuf).await;
-            let _ = stream.shutdown().await;
+            refuse(&mut stream, version, ReasonCode::ClientIdentifierNotValid).await;
             return;
         }
     }
@@ -360,14 +352,12 @@ impl Conn {
                 let written = loop {
                     tokio::select! {
                         biased;
-                        kick = &mut kick_rx => return Close::Kicked(kick.unwrap_or(Kick::TakenOver { publish_will: false })),
+                        kick = &mut kick_rx => return kicked(kick.ok()),
                         _ = shutdown.cancelled() => return Close::Shutdown,
                         _ = &mut timer, if keep_alive.is_some() => {
-                            let keep_alive = keep_alive.unwrap_or(far);
-                            if last_packet.elapsed() >= keep_alive {
+                            if keep_alive_expired(timer.as_mut(), last_packet, keep_alive) {
                                 return Close::KeepAliveTimeout;
                             }
-                            timer.as_mut().reset(last_packet + keep_alive);
                         }
                         w = &mut write => break w,
                     }
@@ -399,16 +389,11 @@ impl Conn {
                 }
                 Event::Wake => {}
                 Event::Timer => {
-                    let Some(keep_alive) = keep_alive else { continue };
-                    if last_packet.elapsed() >= keep_alive {
+                    if keep_alive_expired(timer.as_mut(), last_packet, keep_alive) {
                         return Close::KeepAliveTimeout;
                     }
-                    timer.as_mut().reset(last_packet + keep_alive);
                 }
-                Event::Kicked(Some(kick)) => return Close::Kicked(kick),
-                // The sender went away without a word: the session was
-                // dropped under us; end quietly.
-                Event::Kicked(None) => return Close::Kicked(Kick::TakenOver { publish_will: false }),
+                Event::Kicked(kick) => return kicked(kick),
                 Event::Shutdown => return Close::Shutdown,
             }
             self.drain();
@@ -728,15 +713,15 @@ impl Conn {
 
     /// Moves what the in-flight window allows from the session queue to `wbuf`.
     fn drain(&mut self) {
+        let now = std::time::Instant::now();
         {
             let mut state = self.session.state.lock();
             if !state.is_owned_by(self.connection_id) {
                 return;
             }
-            state.take_sendable(self.window, &mut self.sendable);
+            state.take_sendable(self.window, now, &mut self.sendable);
         }
         let mut sent = 0;
-        let now = std::time::Instant::now();
         let mut sendable = std::mem::take(&mut self.sendable);
         for (delivery, packet_id) in sendable.drain(..) {
             let mut publish = to_publish(&delivery, packet_id, false, now);
@@ -846,6 +831,27 @@ impl Conn {
     }
 }
 
+/// True once `period` has passed since the last packet; otherwise the
+/// timer, which fired early because it is pushed back lazily, is re-armed.
+fn keep_alive_expired(
+    timer: std::pin::Pin<&mut tokio::time::Sleep>,
+    last_packet: Instant,
+    period: Option<Duration>,
+) -> bool {
+    let Some(period) = period else { return false };
+    if last_packet.elapsed() >= period {
+        return true;
+    }
+    timer.reset(last_packet + period);
+    false
+}
+
+/// The close for a kick; a dropped sender means the session was dropped
+/// under us, so the connection ends quietly.
+fn kicked(kick: Option<Kick>) -> Close {
+    Close::Kicked(kick.unwrap_or(Kick::TakenOver { publish_will: false }))
+}
+
 fn will_properties(will: &Will) -> midge_codec::PublishProperties {
     midge_codec::PublishProperties {
         payload_format_indicator: will.properties.payload_format_indicator,
@@ -879,13 +885,4 @@ fn to_publish(delivery: &Delivery, packet_id: Option<PacketId>, dup: bool, now: 
         properties,
         payload: message.payload.clone(),
     }
-}
-
-/// Unpredictable enough for assigned client ids: std's randomly keyed
-/// hasher, mixed with the clock, without a `rand` dependency.
-fn random_u64() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0));
-    h.finish()
 }

@@ -41,3 +41,14 @@ pub use config::BrokerConfig;
 pub use metrics::Metrics;
 pub use shared::SharedStrategy;
 pub use sys::VERSION;
+
+/// Unpredictable enough for assigned client ids and share-group picks:
+/// std's randomly keyed hasher, mixed with the clock, without a `rand`
+/// dependency.
+pub(crate) fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    h.write_u128(nanos);
+    h.finish()
+}

@@ -313,8 +313,7 @@ impl SessionState {
     /// giving QoS 1/2 ones a packet id. Stops at the first QoS > 0 delivery
     /// that does not fit, so order is kept [MQTT-4.6.0-6].
     /// Expired messages are dropped on the way [MQTT-3.3.2-5].
-    pub(crate) fn take_sendable(&mut self, window: usize, out: &mut Vec<(Delivery, Option<PacketId>)>) {
-        let now = Instant::now();
+    pub(crate) fn take_sendable(&mut self, window: usize, now: Instant, out: &mut Vec<(Delivery, Option<PacketId>)>) {
         while let Some(front) = self.queue.front() {
             if front.message.is_expired(now) {
                 self.queue.pop_front();

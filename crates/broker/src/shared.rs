@@ -37,7 +37,8 @@ impl SharedGroup {
             members: Mutex::new(Vec::new()),
             cursor: AtomicUsize::new(0),
             sticky: Mutex::new(None),
-            random: AtomicU64::new(seed()),
+            // xorshift needs a non-zero state.
+            random: AtomicU64::new(crate::random_u64() | 1),
         }
     }
 
@@ -113,13 +114,6 @@ impl PartialEq for SharedGroup {
     fn eq(&self, other: &Self) -> bool {
         std::ptr::eq(self, other)
     }
-}
-
-fn seed() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u8(0);
-    h.finish() | 1
 }
 
 /// What a topic-index entry stands for.

@@ -11,20 +11,8 @@ mod interop_support;
 
 use std::process::Command;
 
-use interop_support::{WAIT, require_success, start_broker, tests_dir};
+use interop_support::{WAIT, require_paho, start_broker, tests_dir};
 use midge_test_support::Process;
-
-/// Fails the test unless python3 can import paho-mqtt 2.x.
-fn require_paho() {
-    require_success(
-        "python3",
-        &[
-            "-c",
-            "import sys, paho.mqtt; sys.exit(0 if paho.mqtt.__version__.startswith('2.') else 'paho-mqtt 2.x needed')",
-        ],
-        "paho-mqtt>=2,<3 (with pip)",
-    );
-}
 
 /// Runs `paho_interop.py 127.0.0.1 PORT SCENARIO --protocol PROTOCOL` against a
 /// fresh broker and fails the test unless the script passes.

@@ -8,7 +8,7 @@ mod interop_support;
 
 use std::process::Command;
 
-use interop_support::{WAIT, require_success, start_broker, tests_dir};
+use interop_support::{WAIT, require_paho, start_broker, tests_dir};
 use midge_test_support::Process;
 
 fn run_scenario(scenario: &str) {
@@ -16,14 +16,7 @@ fn run_scenario(scenario: &str) {
 }
 
 fn run_scenario_with(scenario: &str, broker_args: &[&str]) {
-    require_success(
-        "python3",
-        &[
-            "-c",
-            "import sys, paho.mqtt; sys.exit(0 if paho.mqtt.__version__.startswith('2.') else 'paho-mqtt 2.x needed')",
-        ],
-        "paho-mqtt>=2,<3 (with pip)",
-    );
+    require_paho();
     let broker = start_broker(broker_args);
     let mut command = Command::new("python3");
     command
@@ -168,4 +161,11 @@ fn request_response_works_end_to_end() {
 #[test]
 fn an_unsupported_authentication_method_gets_connack_0x8c() {
     run_scenario("unsupported_auth_method");
+}
+
+/// v5 [MQTT-3.1.2-22]: a silent client is disconnected after 1.5 times its keep
+/// alive, and a v5 client is told why with DISCONNECT 0x8D.
+#[test]
+fn a_silent_v5_client_gets_disconnect_0x8d_after_one_and_a_half_keep_alives() {
+    run_scenario("keep_alive_timeout");
 }

@@ -19,6 +19,18 @@ use midge_test_support::Broker;
 /// Generous: starting Python or Node on a machine busy compiling can take seconds.
 pub(crate) const WAIT: Duration = Duration::from_secs(30);
 
+/// Fails the test unless python3 can import paho-mqtt 2.x.
+pub(crate) fn require_paho() {
+    require_success(
+        "python3",
+        &[
+            "-c",
+            "import sys, paho.mqtt; sys.exit(0 if paho.mqtt.__version__.startswith('2.') else 'paho-mqtt 2.x needed')",
+        ],
+        "paho-mqtt>=2,<3 (with pip)",
+    );
+}
+
 /// Starts `midge serve --bind 127.0.0.1 --port 0 ARGS…` (the binary Cargo built for
 /// these tests) and waits for its listener.
 pub(crate) fn start_broker(args: &[&str]) -> TestBroker {

@@ -10,28 +10,12 @@
 
 import { isDeepStrictEqual } from "node:util";
 
-const TIMEOUT_MS = 15_000;
+import { Failure, TIMEOUT_MS, loadMqtt, within } from "./support.mjs";
+
 const PROTOCOLS = { 311: 4, 31: 3 };
 const SCENARIOS = { roundtrip, retained, will };
 
-let mqtt;
-try {
-  mqtt = (await import("mqtt")).default;
-} catch (err) {
-  console.error(`FAIL: cannot load MQTT.js (${err.message}); run ./scripts/test, which installs MQTT.js (npm ci in crates/midge/tests/js)`);
-  process.exit(2);
-}
-
-class Failure extends Error {}
-
-/** Resolves as `promise` does, or rejects with a Failure naming `what` after TIMEOUT_MS. */
-function within(promise, what) {
-  let timer;
-  const timeout = new Promise((_, reject) => {
-    timer = setTimeout(() => reject(new Failure(`no ${what} within ${TIMEOUT_MS} ms`)), TIMEOUT_MS);
-  });
-  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
-}
+const mqtt = await loadMqtt();
 
 /** A connected MQTT.js client that queues the messages it receives. */
 class Peer {

@@ -5,30 +5,9 @@
 // Prints `ok: ...` per check and `passed: SCENARIO`, or `FAIL: ...` on stderr and
 // exits 1. Every wait is bounded. Run by crates/midge/tests/interop_mqttjs.rs.
 
-const TIMEOUT_MS = 10_000;
+import { check, loadMqtt, within } from "./support.mjs";
 
-let mqtt;
-try {
-  mqtt = (await import("mqtt")).default;
-} catch (err) {
-  console.error(`FAIL: cannot load MQTT.js (${err.message}); run ./scripts/test, which installs MQTT.js (npm ci in crates/midge/tests/js)`);
-  process.exit(2);
-}
-
-class Failure extends Error {}
-
-function check(condition, message) {
-  if (!condition) throw new Failure(message);
-  console.log(`ok: ${message}`);
-}
-
-function within(promise, what) {
-  let timer;
-  const timeout = new Promise((_, reject) => {
-    timer = setTimeout(() => reject(new Failure(`no ${what} within ${TIMEOUT_MS} ms`)), TIMEOUT_MS);
-  });
-  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
-}
+const mqtt = await loadMqtt();
 
 function connect(host, port, options = {}) {
   const client = mqtt.connect({ host, port, protocolVersion: 5, reconnectPeriod: 0, ...options });

@@ -508,7 +508,23 @@ def unsupported_auth_method(host, port):
     check(sock.recv(16) == b"", "and closes the connection")
 
 
+def keep_alive_timeout(host, port):
+    sock = socket.create_connection((host, port), timeout=TIMEOUT)
+    # v5 CONNECT, clean start, keep alive 1 s, no properties, client id "ka".
+    body = b"\x00\x04MQTT\x05\x02\x00\x01\x00\x00\x02ka"
+    sock.sendall(bytes([0x10, len(body)]) + body)
+    header = recv_exactly(sock, 2)
+    check(header[0] == 0x20, "connected with keep alive 1 s")
+    recv_exactly(sock, header[1])
+    started = time.monotonic()
+    header = recv_exactly(sock, 3)  # then silence: the next thing is the server's DISCONNECT
+    waited = time.monotonic() - started
+    check(header[0] == 0xE0 and header[2] == 0x8D, f"DISCONNECT 0x8D Keep alive timeout ({header!r})")
+    check(1.0 <= waited <= 2.5, f"after 1.5 x keep alive [MQTT-3.1.2-22] (took {waited:.2f} s)")
+
+
 SCENARIOS = {
+    "keep_alive_timeout": keep_alive_timeout,
     "unsupported_auth_method": unsupported_auth_method,
     "server_keep_alive": server_keep_alive,
     "passthrough": passthrough,

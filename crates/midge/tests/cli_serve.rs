@@ -1,0 +1,67 @@
+//! `midge serve` as a user meets it: where it listens by default, its start-up
+//! lines, and the errors and exit codes a script can rely on.
+
+use std::net::TcpListener;
+use std::process::Command;
+use std::time::Duration;
+
+use midge_test_support::{Broker, Process};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn midge(args: &[&str]) -> Process {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_midge"));
+    command.args(args).env("NO_COLOR", "1");
+    Process::spawn(&format!("midge {}", args.join(" ")), command)
+}
+
+/// With no `--bind`, midge listens on the loopback addresses only (as Mosquitto 2
+/// does with no configuration): 127.0.0.1, and ::1 where the machine has IPv6.
+#[test]
+fn serve_listens_on_loopback_only_by_default() {
+    let mut serve = midge(&["serve", "--port", "0"]);
+    serve.wait_for_stderr_line("listening on mqtt://127.0.0.1:", WAIT);
+    let ipv6 = TcpListener::bind("[::1]:0").is_ok();
+    if ipv6 {
+        serve.wait_for_stderr_line("listening on mqtt://[::1]:", WAIT);
+    }
+    let log = serve.stderr();
+    assert!(log.contains("midge 0.1.0 starting"), "{log}");
+    let listeners = log.lines().filter(|l| l.contains("listening on mqtt://")).count();
+    assert_eq!(listeners, if ipv6 { 2 } else { 1 }, "{log}");
+    assert!(!log.contains("not loopback"), "{log}");
+    assert!(serve.terminate(WAIT).success(), "SIGTERM ends it cleanly: {}", serve.transcript());
+}
+
+/// A listener on a non-loopback address is announced with a warning: anonymous
+/// clients are allowed there too.
+#[test]
+fn a_non_loopback_listener_is_announced_with_a_warning() {
+    let mut serve = midge(&["serve", "--bind", "0.0.0.0", "--port", "0"]);
+    serve.wait_for_stderr_line("is not loopback and anonymous clients are allowed", WAIT);
+    serve.terminate(WAIT);
+}
+
+/// A port already in use: an error naming the address, exit status 1.
+#[test]
+fn a_port_in_use_is_an_error_with_exit_status_1() {
+    let broker = Broker::start(env!("CARGO_BIN_EXE_midge"), &[]);
+    let port = broker.port().to_string();
+    let mut serve = midge(&["serve", "--bind", "127.0.0.1", "--port", &port]);
+    let status = serve.wait_exit(WAIT);
+    assert_eq!(status.code(), Some(1), "{}", serve.transcript());
+    assert!(
+        serve.stderr().contains(&format!("midge: error: cannot listen on 127.0.0.1:{port}")),
+        "{}",
+        serve.transcript()
+    );
+}
+
+/// A malformed flag value is refused before anything starts, with clap's usage
+/// error (exit status 2).
+#[test]
+fn a_bad_flag_value_is_refused_with_exit_status_2() {
+    let mut serve = midge(&["serve", "--max-inflight", "0"]);
+    assert_eq!(serve.wait_exit(WAIT).code(), Some(2), "{}", serve.transcript());
+    assert!(serve.stderr().contains("--max-inflight"), "{}", serve.transcript());
+}
