@@ -17,6 +17,7 @@ use tokio::sync::{Notify, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::auth::{AllowAll, Authenticator};
 use crate::config::BrokerConfig;
 use crate::metrics::Metrics;
 use crate::router::{Grant, TopicIndex};
@@ -95,6 +96,7 @@ struct Target<'a> {
 pub(crate) struct Shared {
     pub(crate) config: BrokerConfig,
     pub(crate) metrics: Metrics,
+    pub(crate) authenticator: AuthenticatorRef,
     /// Client id → session, for takeover and resumption.
     sessions: Mutex<HashMap<Arc<str>, Arc<Session>>>,
     router: RwLock<Router>,
@@ -104,6 +106,15 @@ pub(crate) struct Shared {
     pub(crate) started: Instant,
     pub(crate) shutdown: CancellationToken,
     tasks: TaskTracker,
+}
+
+/// The installed authentication hook (a newtype so `Shared` stays `Debug`).
+pub(crate) struct AuthenticatorRef(pub(crate) Arc<dyn Authenticator>);
+
+impl std::fmt::Debug for AuthenticatorRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Authenticator")
+    }
 }
 
 /// A running broker. Cheap to clone; all clones drive the same broker.
@@ -116,10 +127,16 @@ impl Broker {
     /// A broker with `config`. It serves nothing until given connections
     /// ([`Broker::serve_tcp`], [`Broker::serve_connection`]).
     pub fn new(config: BrokerConfig) -> Broker {
+        Broker::with_authenticator(config, AllowAll)
+    }
+
+    /// A broker whose clients must pass `authenticator` to connect.
+    pub fn with_authenticator(config: BrokerConfig, authenticator: impl Authenticator) -> Broker {
         Broker {
             shared: Arc::new(Shared {
                 config,
                 metrics: Metrics::default(),
+                authenticator: AuthenticatorRef(Arc::new(authenticator)),
                 sessions: Mutex::new(HashMap::new()),
                 router: RwLock::new(Router::default()),
                 retained: RwLock::new(HashMap::new()),

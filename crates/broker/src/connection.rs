@@ -17,16 +17,17 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use midge_codec::{
-    AckProperties, ConnAck, Connect, DecodeError, Disconnect, MqttStr, Packet, PacketId, ProtocolVersion, PubAck,
-    Publish, QoS, ReasonCode, RetainHandling, SubAck, Subscribe, UnsubAck, Unsubscribe, Will, decode, encode,
-    encode_publish, publish_encoded_len, topic,
+    AckProperties, Auth, AuthProperties, ConnAck, Connect, DecodeError, Disconnect, MqttStr, Packet, PacketId,
+    ProtocolVersion, PubAck, Publish, QoS, ReasonCode, RetainHandling, SubAck, Subscribe, UnsubAck, Unsubscribe, Will,
+    decode, encode, encode_publish, publish_encoded_len, topic,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{Notify, oneshot};
 use tokio::time::Instant;
 
+use crate::auth::{AuthExchange, AuthStep, ClientInfo, Verdict};
 use crate::broker::Shared;
 use crate::metrics::Metrics;
 use crate::router::Grant;
@@ -49,6 +50,8 @@ enum Close {
     ProtocolViolation(ReasonCode, &'static str),
     Kicked(Kick),
     Shutdown,
+    /// Re-authentication was refused [MQTT-4.12.1-2].
+    ReauthFailed(ReasonCode),
 }
 
 impl Close {
@@ -60,6 +63,7 @@ impl Close {
             Close::KeepAliveTimeout => Some("keep-alive expired".to_owned()),
             Close::Kicked(_) => Some("another connection took over the session".to_owned()),
             Close::Shutdown => Some("server shutting down".to_owned()),
+            Close::ReauthFailed(_) => Some("re-authentication failed".to_owned()),
             _ => None,
         }
     }
@@ -74,6 +78,7 @@ impl Close {
             Close::ProtocolViolation(code, _) => Some(*code),
             Close::Kicked(_) => Some(ReasonCode::SessionTakenOver),
             Close::Shutdown => Some(ReasonCode::ServerShuttingDown),
+            Close::ReauthFailed(code) => Some(*code),
         }
     }
 }
@@ -112,33 +117,121 @@ async fn read_connect<S>(shared: &Shared, stream: &mut S, rbuf: &mut BytesMut, p
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    match read_packet(shared, stream, rbuf, ProtocolVersion::V3_1_1).await {
+        Ok(Packet::Connect(connect)) => Some(connect),
+        Ok(other) => {
+            tracing::info!(%peer, packet = other.name(), "first packet is not CONNECT [MQTT-3.1.0-1]; closing");
+            Metrics::inc(&shared.metrics.protocol_errors);
+            None
+        }
+        Err(Some(e @ DecodeError::UnsupportedProtocolVersion { .. })) => {
+            tracing::info!(%peer, error = %e, "refusing CONNECT");
+            refuse(stream, ProtocolVersion::V3_1_1, ReasonCode::UnsupportedProtocolVersion).await;
+            None
+        }
+        Err(Some(e)) => {
+            tracing::info!(%peer, error = %e, "malformed CONNECT; closing");
+            Metrics::inc(&shared.metrics.protocol_errors);
+            None
+        }
+        Err(None) => None,
+    }
+}
+
+/// Reads one whole packet. `Err(None)`: the peer closed or the read failed.
+async fn read_packet<S>(
+    shared: &Shared,
+    stream: &mut S,
+    rbuf: &mut BytesMut,
+    version: ProtocolVersion,
+) -> Result<Packet, Option<DecodeError>>
+where
+    S: AsyncRead + Unpin,
+{
     loop {
-        match decode(rbuf, ProtocolVersion::V3_1_1, shared.config.max_packet_size) {
-            Ok(Some(Packet::Connect(connect))) => {
-                Metrics::inc(&shared.metrics.packets_received);
-                return Some(connect);
-            }
-            Ok(Some(other)) => {
-                tracing::info!(%peer, packet = other.name(), "first packet is not CONNECT [MQTT-3.1.0-1]; closing");
-                Metrics::inc(&shared.metrics.protocol_errors);
-                return None;
-            }
-            Ok(None) => {}
-            Err(e @ DecodeError::UnsupportedProtocolVersion { .. }) => {
-                tracing::info!(%peer, error = %e, "refusing CONNECT");
-                refuse(stream, ProtocolVersion::V3_1_1, ReasonCode::UnsupportedProtocolVersion).await;
-                return None;
-            }
-            Err(e) => {
-                tracing::info!(%peer, error = %e, "malformed CONNECT; closing");
-                Metrics::inc(&shared.metrics.protocol_errors);
-                return None;
-            }
+        if let Some(packet) = decode(rbuf, version, shared.config.max_packet_size).map_err(Some)? {
+            Metrics::inc(&shared.metrics.packets_received);
+            return Ok(packet);
         }
         reserve(rbuf);
         match stream.read_buf(rbuf).await {
-            Ok(0) | Err(_) => return None,
+            Ok(0) | Err(_) => return Err(None),
             Ok(n) => Metrics::add(&shared.metrics.bytes_received, n as u64),
+        }
+    }
+}
+
+/// How an enhanced authentication exchange before CONNACK ended badly.
+enum AuthEnd {
+    /// Answer with a refusing CONNACK.
+    Refuse(ReasonCode, &'static str),
+    /// The client went away or sent DISCONNECT.
+    Closed,
+}
+
+/// The AUTH packet that carries a step of the exchange; every one names
+/// the method of the CONNECT [MQTT-4.12.0-5].
+fn auth_packet(reason_code: ReasonCode, method: &str, data: Option<Bytes>) -> Packet {
+    Packet::Auth(Auth {
+        reason_code,
+        properties: AuthProperties {
+            authentication_method: Some(method.to_owned()),
+            authentication_data: data,
+            ..Default::default()
+        },
+    })
+}
+
+/// Runs enhanced authentication between CONNECT and CONNACK (v5 section
+/// 4.12): the server answers each step with AUTH 0x18 until the exchange
+/// succeeds (returns CONNACK's data and the proven user name) or fails.
+async fn authenticate_exchange<S>(
+    shared: &Shared,
+    stream: &mut S,
+    rbuf: &mut BytesMut,
+    method: &str,
+    exchange: &mut dyn AuthExchange,
+    mut data: Option<Bytes>,
+) -> Result<(Option<Bytes>, Option<String>), AuthEnd>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    loop {
+        let challenge = match exchange.step(data.take()).await {
+            AuthStep::Success { data, username } => return Ok((data, username)),
+            AuthStep::Failure(code) => return Err(AuthEnd::Refuse(code, "authentication failed")),
+            AuthStep::Continue(challenge) => challenge,
+        };
+        // [MQTT-4.12.0-2]
+        let mut out = BytesMut::new();
+        let _ = encode(
+            &auth_packet(ReasonCode::ContinueAuthentication, method, Some(challenge)),
+            ProtocolVersion::V5,
+            &mut out,
+        );
+        Metrics::inc(&shared.metrics.packets_sent);
+        stream.write_all(&out).await.map_err(|_| AuthEnd::Closed)?;
+        match read_packet(shared, stream, rbuf, ProtocolVersion::V5).await {
+            Ok(Packet::Auth(auth)) => {
+                if auth.reason_code != ReasonCode::ContinueAuthentication {
+                    return Err(AuthEnd::Refuse(
+                        ReasonCode::ProtocolError,
+                        "client AUTH must continue [MQTT-4.12.0-3]",
+                    ));
+                }
+                if auth.properties.authentication_method.as_deref() != Some(method) {
+                    return Err(AuthEnd::Refuse(ReasonCode::ProtocolError, "AUTH changed the method [MQTT-4.12.0-5]"));
+                }
+                data = auth.properties.authentication_data;
+            }
+            Ok(Packet::Disconnect(_)) | Err(None) => return Err(AuthEnd::Closed),
+            Ok(_) => {
+                return Err(AuthEnd::Refuse(
+                    ReasonCode::ProtocolError,
+                    "only AUTH or DISCONNECT before CONNACK [MQTT-3.1.2-30]",
+                ));
+            }
+            Err(Some(e)) => return Err(AuthEnd::Refuse(e.reason_code(), "malformed packet during authentication")),
         }
     }
 }
@@ -159,8 +252,13 @@ fn reserve(buf: &mut BytesMut) {
 }
 
 /// Validates CONNECT, answers CONNACK, then serves the session.
-async fn run_session<S>(shared: &Arc<Shared>, mut stream: S, rbuf: BytesMut, peer: SocketAddr, connect: Box<Connect>)
-where
+async fn run_session<S>(
+    shared: &Arc<Shared>,
+    mut stream: S,
+    mut rbuf: BytesMut,
+    peer: SocketAddr,
+    connect: Box<Connect>,
+) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let version = connect.protocol_version;
@@ -184,13 +282,6 @@ where
         client_id = format!("auto-{:016x}", crate::random_u64());
         assigned = Some(client_id.clone());
     }
-    // No enhanced authentication method is offered yet: a client asking for
-    // one is refused with 0x8C and closed [MQTT-4.12.0-1].
-    if let Some(method) = &connect.properties.authentication_method {
-        tracing::info!(%peer, client_id, method, "unsupported authentication method; refusing");
-        refuse(&mut stream, version, ReasonCode::BadAuthenticationMethod).await;
-        return;
-    }
     // Keep-alive limit: a v5 client is told the value to use (Server Keep
     // Alive [MQTT-3.2.2-21]); a 3.x client cannot be, so it is refused, as
     // Mosquitto does.
@@ -211,6 +302,44 @@ where
         && topic::validate_topic_name(&will.topic).is_err()
     {
         tracing::info!(%peer, client_id, "invalid will topic [MQTT-3.1.3-11]; closing");
+        return;
+    }
+
+    let mut client = ClientInfo {
+        client_id: client_id.clone(),
+        username: connect.username.clone(),
+        peer,
+        protocol_version: version,
+    };
+    let authenticator = shared.authenticator.0.clone();
+    let mut auth_reply = None;
+    let auth_method = connect.properties.authentication_method.clone();
+    if let Some(method) = &auth_method {
+        let Some(mut exchange) = authenticator.start_exchange(method, &client) else {
+            tracing::info!(%peer, client_id, method, "unsupported authentication method [MQTT-4.12.0-1]; refusing");
+            refuse(&mut stream, version, ReasonCode::BadAuthenticationMethod).await;
+            return;
+        };
+        let first = connect.properties.authentication_data.clone();
+        let exchange = authenticate_exchange(shared, &mut stream, &mut rbuf, method, exchange.as_mut(), first);
+        match tokio::time::timeout(shared.config.connect_timeout, exchange).await {
+            Ok(Ok((data, username))) => {
+                auth_reply = data;
+                client.username = username.or(client.username);
+            }
+            Ok(Err(AuthEnd::Refuse(code, why))) => {
+                tracing::info!(%peer, client_id, method, code = code.as_u8(), why, "enhanced authentication refused");
+                refuse(&mut stream, version, code).await;
+                return;
+            }
+            Ok(Err(AuthEnd::Closed)) => return,
+            Err(_) => {
+                tracing::info!(%peer, client_id, method, "enhanced authentication timed out; closing");
+                return;
+            }
+        }
+    } else if let Verdict::Deny(code) = authenticator.authenticate(&client, connect.password.as_deref()).await {
+        refuse(&mut stream, version, code).await;
         return;
     }
 
@@ -244,11 +373,14 @@ where
         connack.properties.subscription_identifiers_available = Some(true);
         connack.properties.topic_alias_maximum = Some(shared.config.topic_alias_maximum);
         connack.properties.server_keep_alive = server_keep_alive;
+        // [MQTT-4.12.0-5]
+        connack.properties.authentication_method.clone_from(&auth_method);
+        connack.properties.authentication_data = auth_reply;
     }
     let _ = encode(&Packet::ConnAck(connack), version, &mut wbuf);
     Metrics::inc(&shared.metrics.packets_sent);
     shared.metrics.client_connected();
-    tracing::debug!(%peer, client_id, ?version, session_present, "client connected");
+    tracing::debug!(%peer, client_id, username = client.username, ?version, session_present, "client connected");
 
     let mut conn = Conn {
         shared: shared.clone(),
@@ -267,6 +399,10 @@ where
         inbound_aliases: HashMap::new(),
         outbound_aliases: HashMap::new(),
         client_alias_maximum: connect.properties.topic_alias_maximum.unwrap_or(0),
+        client,
+        auth_method,
+        reauth: None,
+        reauth_data: None,
     };
     conn.resend_inflight();
     let keep_alive = (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500));
@@ -315,6 +451,14 @@ struct Conn {
     /// Aliases we gave topics towards the client, up to its Topic Alias Maximum.
     outbound_aliases: HashMap<MqttStr, u16>,
     client_alias_maximum: u16,
+    /// Who the client is, as the authenticator saw it.
+    client: ClientInfo,
+    /// The enhanced authentication method of the CONNECT, if any.
+    auth_method: Option<String>,
+    /// A re-authentication in progress [MQTT-4.12.1-1].
+    reauth: Option<Box<dyn AuthExchange>>,
+    /// Data of the client's latest AUTH, for the exchange's next step.
+    reauth_data: Option<Option<Bytes>>,
 }
 
 impl Conn {
@@ -339,6 +483,9 @@ impl Conn {
         // Clients may send packets right behind CONNECT without waiting
         // for CONNACK (section 3.1.4); they may already be buffered.
         if let Err(close) = self.handle_buffered(&mut rbuf) {
+            return close;
+        }
+        if let Err(close) = self.reauthenticate().await {
             return close;
         }
         // Anything already queued for a resumed session goes out now.
@@ -384,6 +531,9 @@ impl Conn {
                     Metrics::add(&self.shared.metrics.bytes_received, n as u64);
                     last_packet = Instant::now();
                     if let Err(close) = self.handle_buffered(&mut rbuf) {
+                        return close;
+                    }
+                    if let Err(close) = self.reauthenticate().await {
                         return close;
                     }
                 }
@@ -482,14 +632,76 @@ impl Conn {
             Packet::Connect(_) => {
                 Err(Close::ProtocolViolation(ReasonCode::ProtocolError, "second CONNECT [MQTT-3.1.0-2]"))
             }
-            Packet::Auth(_) => Err(Close::ProtocolViolation(
-                ReasonCode::ProtocolError,
-                "AUTH without an authentication method [MQTT-4.12.0-1]",
-            )),
+            Packet::Auth(auth) => self.handle_auth(auth),
             Packet::ConnAck(_) | Packet::SubAck(_) | Packet::UnsubAck(_) | Packet::PingResp => {
                 Err(Close::ProtocolViolation(ReasonCode::ProtocolError, "a server-to-client packet sent by a client"))
             }
         }
+    }
+
+    /// A client's AUTH after CONNACK: starts or continues a
+    /// re-authentication, whose step runs in [`Conn::reauthenticate`].
+    /// Other packets keep flowing meanwhile (v5 section 4.12.1).
+    fn handle_auth(&mut self, auth: Auth) -> Result<(), Close> {
+        let Some(method) = &self.auth_method else {
+            return Err(Close::ProtocolViolation(
+                ReasonCode::ProtocolError,
+                "AUTH without an authentication method at CONNECT [MQTT-4.12.0-7]",
+            ));
+        };
+        if auth.properties.authentication_method.as_deref() != Some(method.as_str()) {
+            return Err(Close::ProtocolViolation(
+                ReasonCode::ProtocolError,
+                "AUTH with another authentication method than CONNECT's [MQTT-4.12.1-1]",
+            ));
+        }
+        if self.reauth_data.is_some() {
+            return Err(Close::ProtocolViolation(
+                ReasonCode::ProtocolError,
+                "AUTH before the server answered the previous one (v5 section 4.12)",
+            ));
+        }
+        match (auth.reason_code, self.reauth.is_some()) {
+            (ReasonCode::ReAuthenticate, false) => {
+                let Some(exchange) = self.shared.authenticator.0.start_exchange(method, &self.client) else {
+                    return Err(Close::ReauthFailed(ReasonCode::BadAuthenticationMethod));
+                };
+                self.reauth = Some(exchange);
+            }
+            (ReasonCode::ContinueAuthentication, true) => {}
+            _ => {
+                return Err(Close::ProtocolViolation(
+                    ReasonCode::ProtocolError,
+                    "AUTH 0x19 starts a re-authentication, 0x18 continues one [MQTT-4.12.1-1]",
+                ));
+            }
+        }
+        self.reauth_data = Some(auth.properties.authentication_data);
+        Ok(())
+    }
+
+    /// Runs the step of a re-authentication the client's last AUTH asked for.
+    async fn reauthenticate(&mut self) -> Result<(), Close> {
+        let (Some(data), Some(exchange), Some(method)) =
+            (self.reauth_data.take(), self.reauth.as_mut(), &self.auth_method)
+        else {
+            return Ok(());
+        };
+        match exchange.step(data).await {
+            AuthStep::Continue(challenge) => {
+                let packet = auth_packet(ReasonCode::ContinueAuthentication, method, Some(challenge));
+                self.send(&packet);
+            }
+            AuthStep::Success { data, username } => {
+                let packet = auth_packet(ReasonCode::Success, method, data);
+                self.send(&packet);
+                self.reauth = None;
+                tracing::debug!(client_id = %self.session.client_id, peer = %self.peer, username, "re-authenticated");
+                self.client.username = username.or(self.client.username.take());
+            }
+            AuthStep::Failure(code) => return Err(Close::ReauthFailed(code)),
+        }
+        Ok(())
     }
 
     fn handle_publish(&mut self, mut publish: Publish) -> Result<(), Close> {
@@ -817,6 +1029,10 @@ impl Conn {
             Close::ProtocolViolation(_, rule) => {
                 Metrics::inc(&self.shared.metrics.protocol_errors);
                 tracing::warn!(%client_id, %peer, rule, "protocol violation; closing");
+                true
+            }
+            Close::ReauthFailed(code) => {
+                tracing::info!(%client_id, %peer, code = code.as_u8(), "re-authentication failed [MQTT-4.12.1-2]; closing");
                 true
             }
         };

@@ -27,6 +27,7 @@
 
 #![warn(missing_docs)]
 
+pub mod auth;
 mod broker;
 mod config;
 mod connection;

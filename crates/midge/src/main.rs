@@ -1,11 +1,16 @@
-//! The `midge` command: `midge serve` runs the broker.
+//! The `midge` command: `midge serve` runs the broker, `midge passwd`
+//! manages password files.
+
+mod passwd;
 
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use midge_broker::auth::PasswordFile;
 use midge_broker::{Broker, BrokerConfig, SharedStrategy};
 use tracing_subscriber::EnvFilter;
 
@@ -21,6 +26,8 @@ struct Cli {
 enum Command {
     /// Run the MQTT broker (MQTT 3.1, 3.1.1 and 5.0 over TCP).
     Serve(ServeArgs),
+    /// Add, update or delete users of a password file (mosquitto_passwd's flags).
+    Passwd(passwd::PasswdArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -56,6 +63,15 @@ struct ServeArgs {
     /// How a shared subscription group ($share/GROUP/FILTER) picks the member for each message.
     #[arg(long, value_enum, default_value_t = SharedStrategyArg::RoundRobin)]
     shared_strategy: SharedStrategyArg,
+    /// Password file in Mosquitto's format (files from mosquitto_passwd work):
+    /// clients must give a listed user name and its password. Users with
+    /// SCRAM-SHA-256 entries (`midge passwd -H scram-sha-256`) may also use
+    /// MQTT 5's SCRAM-SHA-256 authentication method.
+    #[arg(long)]
+    password_file: Option<PathBuf>,
+    /// With --password-file, also let clients without a user name in.
+    #[arg(long, requires = "password_file")]
+    allow_anonymous: bool,
     /// Log filter (error, warn, info, debug, trace, or a tracing directive).
     #[arg(long, default_value = "info", env = "MIDGE_LOG")]
     log_level: String,
@@ -82,6 +98,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(args) => serve(args),
+        Command::Passwd(args) => passwd::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -109,14 +126,28 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             sys_interval: (args.sys_interval > 0).then(|| Duration::from_secs(args.sys_interval)),
             ..BrokerConfig::default()
         };
-        let broker = Broker::new(config);
+        let (broker, access) = match &args.password_file {
+            Some(path) => {
+                let file = PasswordFile::load(path)?.allow_anonymous(args.allow_anonymous);
+                let access = format!(
+                    "password file {} with {} users ({} with SCRAM-SHA-256); anonymous clients {}",
+                    path.display(),
+                    file.len(),
+                    file.scram_users(),
+                    if args.allow_anonymous { "allowed" } else { "refused" }
+                );
+                (Broker::with_authenticator(config, file), access)
+            }
+            None => (Broker::new(config), "anonymous clients allowed".to_owned()),
+        };
+        let anonymous = args.password_file.is_none() || args.allow_anonymous;
         let listeners = bind_listeners(&args.bind, args.port).await?;
         tracing::info!("{} starting", midge_broker::VERSION);
         let mut accepts = Vec::new();
         for listener in listeners {
             let local = listener.local_addr().context("reading the bound address")?;
-            tracing::info!("listening on mqtt://{local} (MQTT 3.1, 3.1.1, 5.0; anonymous clients allowed)");
-            if !local.ip().is_loopback() {
+            tracing::info!("listening on mqtt://{local} (MQTT 3.1, 3.1.1, 5.0; {access})");
+            if anonymous && !local.ip().is_loopback() {
                 tracing::warn!(
                     "listener {local} is not loopback and anonymous clients are allowed: anyone who can reach it can publish and subscribe"
                 );

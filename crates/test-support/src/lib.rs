@@ -8,6 +8,7 @@
 //! - [`Broker`] runs the `midge` binary as a [`Process`] on an ephemeral port,
 //!   waits for its `listening on mqtt://IP:PORT` line, lets a test read or wait on
 //!   its log, and stops it with SIGTERM or kills it.
+//! - [`TempDir`] is a scratch directory for files a test hands the broker.
 //! - [`RawClient`] speaks MQTT as raw bytes over a [`std::net::TcpStream`]: the
 //!   builders in [`build`] make the bytes a test sends, and [`RawPacket`] with its
 //!   parsers ([`ConnAck`], [`SubAck`], [`Publish`]) reads what the broker answers.
@@ -32,11 +33,13 @@ pub mod build;
 mod client;
 mod packet;
 mod process;
+mod tempdir;
 
 pub use broker::Broker;
 pub use client::{RawClient, RecvError};
 pub use packet::{ConnAck, Publish, RawPacket, SubAck, packet_type};
 pub use process::{Captured, Process, Stream};
+pub use tempdir::TempDir;
 
 use std::time::Duration;
 
