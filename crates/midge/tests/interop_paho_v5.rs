@@ -136,6 +136,13 @@ fn messages_in_flight_to_a_member_that_leaves_go_to_another_member() {
     run_scenario("shared_inflight_moves");
 }
 
+/// v5 section 4.8.2: messages queued for a member whose session expires offline go to
+/// another member of the group.
+#[test]
+fn shared_messages_of_an_expired_member_go_to_another() {
+    run_scenario("shared_expiry_moves");
+}
+
 /// v5 [MQTT-3.2.2-21]: with --max-keep-alive 30, a v5 client asking for 100 s is told
 /// Server Keep Alive 30; a 3.1.1 client asking for more is refused (as Mosquitto does).
 #[test]

@@ -433,6 +433,27 @@ def shared_inflight_moves(host, port):
     check(payloads == sorted(sent), "messages in flight to a member that left go to another member (v5 section 4.8.2)")
 
 
+def shared_expiry_moves(host, port):
+    t = topic()
+    # Two members with sessions that outlive their connections; both go away.
+    short = Peer(host, port, client_id=f"short-{uuid.uuid4().hex[:8]}", connect_properties=session(1))
+    short.subscribe(f"$share/g/{t}", qos=1)
+    long = Peer(host, port, client_id=f"long-{uuid.uuid4().hex[:8]}", connect_properties=session(60))
+    long.subscribe(f"$share/g/{t}", qos=1)
+    short.close()
+    long.close()
+    # With no member online the messages are shared out to the offline sessions.
+    pub = Peer(host, port)
+    sent = [f"m{i}".encode() for i in range(6)]
+    for payload in sent:
+        pub.publish(t, payload)
+    time.sleep(1.6)  # past the short session's 1 s expiry: the timer is what this checks
+    back = Peer(host, port, client_id=long.client_id, clean_start=False, connect_properties=session(60))
+    check(back.flags.session_present, "the long session was kept")
+    got = sorted(m.payload for m in drain(back))
+    check(got == sorted(sent), f"messages queued for a member whose session expired go to another member (v5 section 4.8.2; got {got})")
+
+
 def server_keep_alive(host, port):
     c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"ka-{uuid.uuid4().hex[:8]}", protocol=mqtt.MQTTv5)
     got = queue.Queue()
@@ -533,6 +554,7 @@ SCENARIOS = {
     "shared_sticky": lambda h, p: shared_strategy(h, p, "sticky"),
     "shared_random": lambda h, p: shared_strategy(h, p, "random"),
     "shared_inflight_moves": shared_inflight_moves,
+    "shared_expiry_moves": shared_expiry_moves,
     "topic_alias_invalid": topic_alias_invalid,
     "subscription_identifiers": subscription_identifiers,
     "session_expiry": session_expiry,
