@@ -31,6 +31,11 @@ pub struct BrokerConfig {
     pub connect_timeout: Duration,
     /// How often `$SYS` topics are published; `None` disables them.
     pub sys_interval: Option<Duration>,
+    /// Response Information for v5 clients that ask for it (Request Response
+    /// Information = 1): the base of the topics they should use for replies.
+    /// `%c` becomes the client id and `%u` the user name (as in Mosquitto's
+    /// ACL patterns). `None` (the default) sends none, as Mosquitto does.
+    pub response_information: Option<String>,
 }
 
 impl Default for BrokerConfig {
@@ -44,6 +49,7 @@ impl Default for BrokerConfig {
             max_keep_alive: u16::MAX,
             connect_timeout: Duration::from_secs(10),
             sys_interval: Some(Duration::from_secs(10)),
+            response_information: None,
         }
     }
 }

@@ -373,6 +373,14 @@ async fn run_session<S>(
         connack.properties.subscription_identifiers_available = Some(true);
         connack.properties.topic_alias_maximum = Some(shared.config.topic_alias_maximum);
         connack.properties.server_keep_alive = server_keep_alive;
+        // Only when asked for [MQTT-3.1.2-28].
+        if connect.properties.request_response_information == Some(true)
+            && let Some(template) = &shared.config.response_information
+        {
+            let username = client.username.as_deref().unwrap_or_default();
+            connack.properties.response_information =
+                Some(template.replace("%c", &client.client_id).replace("%u", username));
+        }
         // [MQTT-4.12.0-5]
         connack.properties.authentication_method.clone_from(&auth_method);
         connack.properties.authentication_data = auth_reply;

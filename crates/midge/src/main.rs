@@ -63,6 +63,11 @@ struct ServeArgs {
     /// How a shared subscription group ($share/GROUP/FILTER) picks the member for each message.
     #[arg(long, value_enum, default_value_t = SharedStrategyArg::RoundRobin)]
     shared_strategy: SharedStrategyArg,
+    /// Response Information sent to MQTT 5 clients that request it: the base
+    /// of their reply topics; `%c` is replaced by the client id, `%u` by the
+    /// user name (for example `reply/%c/`). Not sent by default.
+    #[arg(long, value_name = "TEMPLATE")]
+    response_information: Option<String>,
     /// Password file in Mosquitto's format (files from mosquitto_passwd work):
     /// clients must give a listed user name and its password. Users with
     /// SCRAM-SHA-256 entries (`midge passwd -H scram-sha-256`) may also use
@@ -124,6 +129,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             shared_strategy: args.shared_strategy.into(),
             max_keep_alive: args.max_keep_alive,
             sys_interval: (args.sys_interval > 0).then(|| Duration::from_secs(args.sys_interval)),
+            response_information: args.response_information.clone(),
             ..BrokerConfig::default()
         };
         let (broker, access) = match &args.password_file {

@@ -143,6 +143,13 @@ fn shared_messages_of_an_expired_member_go_to_another() {
     run_scenario("shared_expiry_moves");
 }
 
+/// v5 section 3.2.2.3.15: `--response-information reply/%c/` is sent to a client that sets
+/// Request Response Information, and only then [MQTT-3.1.2-28].
+#[test]
+fn response_information_is_sent_only_when_requested() {
+    run_scenario_with("response_information", &["--response-information", "reply/%c/"]);
+}
+
 /// v5 [MQTT-3.2.2-21]: with --max-keep-alive 30, a v5 client asking for 100 s is told
 /// Server Keep Alive 30; a 3.1.1 client asking for more is refused (as Mosquitto does).
 #[test]

@@ -454,6 +454,24 @@ def shared_expiry_moves(host, port):
     check(got == sorted(sent), f"messages queued for a member whose session expired go to another member (v5 section 4.8.2; got {got})")
 
 
+def response_information(host, port):
+    cid = f"ri-{uuid.uuid4().hex[:8]}"
+    asking = Peer(host, port, client_id=cid, connect_properties=props(PacketTypes.CONNECT, RequestResponseInformation=1))
+    info = getattr(asking.connack_properties, "ResponseInformation", None)
+    check(info == f"reply/{cid}/", f"a client that asks gets Response Information with its client id ({info!r})")
+    # Using it end to end: a responder answers on the topic the requester was given.
+    responder = Peer(host, port)
+    responder.subscribe("service/echo")
+    asking.subscribe(f"{info}#")
+    asking.publish("service/echo", b"ping", properties=props(PacketTypes.PUBLISH, ResponseTopic=f"{info}echo"))
+    request = responder.wait("message")
+    responder.publish(request.properties.ResponseTopic, b"pong")
+    check(asking.wait("message").payload == b"pong", "and receives replies there")
+    quiet = Peer(host, port)
+    check(not hasattr(quiet.connack_properties, "ResponseInformation"),
+          "a client that does not ask gets none [MQTT-3.1.2-28]")
+
+
 def server_keep_alive(host, port):
     c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"ka-{uuid.uuid4().hex[:8]}", protocol=mqtt.MQTTv5)
     got = queue.Queue()
@@ -555,6 +573,7 @@ SCENARIOS = {
     "shared_random": lambda h, p: shared_strategy(h, p, "random"),
     "shared_inflight_moves": shared_inflight_moves,
     "shared_expiry_moves": shared_expiry_moves,
+    "response_information": response_information,
     "topic_alias_invalid": topic_alias_invalid,
     "subscription_identifiers": subscription_identifiers,
     "session_expiry": session_expiry,
