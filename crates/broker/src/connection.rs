@@ -117,7 +117,12 @@ async fn read_connect<S>(shared: &Shared, stream: &mut S, rbuf: &mut BytesMut, p
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    match read_packet(shared, stream, rbuf, ProtocolVersion::V3_1_1).await {
+    // Noted before decoding, which consumes a packet even when it fails.
+    let mut level = None;
+    let read = read_packet_with(shared, stream, rbuf, ProtocolVersion::V3_1_1, |buf| {
+        level = level.or_else(|| connect_level(buf));
+    });
+    match read.await {
         Ok(Packet::Connect(connect)) => Some(connect),
         Ok(other) => {
             tracing::info!(%peer, packet = other.name(), "first packet is not CONNECT [MQTT-3.1.0-1]; closing");
@@ -132,10 +137,25 @@ where
         Err(Some(e)) => {
             tracing::info!(%peer, error = %e, "malformed CONNECT; closing");
             Metrics::inc(&shared.metrics.protocol_errors);
+            // A v5 client is told why [MQTT-3.1.4-1], [MQTT-3.2.2-6]; 3.x
+            // CONNACK has no code for it, so those are just closed.
+            if level == Some(5) {
+                refuse(stream, ProtocolVersion::V5, e.reason_code()).await;
+            }
             None
         }
         Err(None) => None,
     }
+}
+
+/// The protocol level of a (possibly malformed) CONNECT at the start of `buf`.
+fn connect_level(buf: &[u8]) -> Option<u8> {
+    if buf.first()? >> 4 != 1 {
+        return None;
+    }
+    let header_len = 1 + buf.iter().skip(1).take(4).position(|b| b & 0x80 == 0)? + 1;
+    let name_len = usize::from(u16::from_be_bytes([*buf.get(header_len)?, *buf.get(header_len + 1)?]));
+    buf.get(header_len + 2 + name_len).copied()
 }
 
 /// Reads one whole packet. `Err(None)`: the peer closed or the read failed.
@@ -148,7 +168,22 @@ async fn read_packet<S>(
 where
     S: AsyncRead + Unpin,
 {
+    read_packet_with(shared, stream, rbuf, version, |_| {}).await
+}
+
+/// [`read_packet`], showing `inspect` the buffered bytes before each decode.
+async fn read_packet_with<S>(
+    shared: &Shared,
+    stream: &mut S,
+    rbuf: &mut BytesMut,
+    version: ProtocolVersion,
+    mut inspect: impl FnMut(&[u8]),
+) -> Result<Packet, Option<DecodeError>>
+where
+    S: AsyncRead + Unpin,
+{
     loop {
+        inspect(rbuf);
         if let Some(packet) = decode(rbuf, version, shared.config.max_packet_size).map_err(Some)? {
             Metrics::inc(&shared.metrics.packets_received);
             return Ok(packet);
@@ -302,6 +337,9 @@ async fn run_session<S>(
         && topic::validate_topic_name(&will.topic).is_err()
     {
         tracing::info!(%peer, client_id, "invalid will topic [MQTT-3.1.3-11]; closing");
+        if version.is_v5() {
+            refuse(&mut stream, version, ReasonCode::TopicNameInvalid).await;
+        }
         return;
     }
 

@@ -143,6 +143,13 @@ fn shared_messages_of_an_expired_member_go_to_another() {
     run_scenario("shared_expiry_moves");
 }
 
+/// v5 [MQTT-3.1.4-1], [MQTT-3.2.2-6]: a v5 CONNECT the server refuses is answered with
+/// CONNACK and the reason: Protocol Error 0x82, Malformed Packet 0x81, Topic Name invalid 0x90.
+#[test]
+fn refused_v5_connects_get_the_reason_code() {
+    run_scenario("connect_refusals");
+}
+
 /// v5 section 3.2.2.3.15: `--response-information reply/%c/` is sent to a client that sets
 /// Request Response Information, and only then [MQTT-3.1.2-28].
 #[test]

@@ -547,6 +547,25 @@ def unsupported_auth_method(host, port):
     check(sock.recv(16) == b"", "and closes the connection")
 
 
+def connect_refusals(host, port):
+    def refused(name, flags, properties, payload, expected, rule):
+        sock = socket.create_connection((host, port), timeout=TIMEOUT)
+        body = b"\x00\x04MQTT\x05" + bytes([flags]) + b"\x00\x3c" + bytes([len(properties)]) + properties + payload
+        sock.sendall(bytes([0x10, len(body)]) + body)
+        header = recv_exactly(sock, 2)
+        check(header[0] == 0x20, f"{name}: the server answers CONNACK ({header!r})")
+        rest = recv_exactly(sock, header[1])
+        check(rest[1] == expected, f"{name}: reason {expected:#x} {rule} (got {rest[1]:#x})")
+        check(sock.recv(16) == b"", f"{name}: and closes the connection")
+
+    client_id = b"\x00\x03ref"
+    twice = b"\x11\x00\x00\x00\x0a" * 2
+    refused("Session Expiry Interval twice", 0x02, twice, client_id, 0x82, "Protocol Error (v5 section 3.1.2.11.2)")
+    refused("reserved flag set", 0x03, b"", client_id, 0x81, "Malformed Packet [MQTT-3.1.2-3]")
+    will = b"\x00" + b"\x00\x03a/#" + b"\x00\x01x"  # no will properties, topic a/#, payload x
+    refused("wildcard will topic", 0x06, b"", client_id + will, 0x90, "Topic Name invalid [MQTT-3.1.3-11]")
+
+
 def keep_alive_timeout(host, port):
     sock = socket.create_connection((host, port), timeout=TIMEOUT)
     # v5 CONNECT, clean start, keep alive 1 s, no properties, client id "ka".
@@ -574,6 +593,7 @@ SCENARIOS = {
     "shared_inflight_moves": shared_inflight_moves,
     "shared_expiry_moves": shared_expiry_moves,
     "response_information": response_information,
+    "connect_refusals": connect_refusals,
     "topic_alias_invalid": topic_alias_invalid,
     "subscription_identifiers": subscription_identifiers,
     "session_expiry": session_expiry,
