@@ -487,7 +487,7 @@ struct Conn {
     /// Reused buffer for deliveries taken from the session queue.
     sendable: Vec<(Delivery, Option<PacketId>)>,
     /// Outbound QoS 1/2 window: ours, lowered to the client's v5 Receive
-    /// Maximum [MQTT-3.3.4-7].
+    /// Maximum [MQTT-3.3.4-9].
     window: usize,
     /// The client's v5 Maximum Packet Size; larger PUBLISH packets are not
     /// sent to it [MQTT-3.1.2-25].
@@ -806,7 +806,7 @@ impl Conn {
                 if self.version.is_v5() && pending > usize::from(self.shared.config.max_inflight) {
                     return Err(Close::ProtocolViolation(
                         ReasonCode::ReceiveMaximumExceeded,
-                        "more QoS 2 publishes awaiting PUBREL than Receive Maximum [MQTT-3.3.4-9]",
+                        "more QoS 2 publishes awaiting PUBREL than Receive Maximum [MQTT-3.3.4-7]",
                     ));
                 }
                 let matched = if first && route { self.route(publish) } else { 1 };
