@@ -17,7 +17,7 @@ use tokio::sync::{Notify, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::auth::{AllowAll, Authenticator};
+use crate::auth::{AllowAll, Authenticator, Authorizer};
 use crate::config::BrokerConfig;
 use crate::metrics::Metrics;
 use crate::router::{Grant, TopicIndex};
@@ -96,7 +96,7 @@ struct Target<'a> {
 pub(crate) struct Shared {
     pub(crate) config: BrokerConfig,
     pub(crate) metrics: Metrics,
-    pub(crate) authenticator: AuthenticatorRef,
+    pub(crate) hooks: Hooks,
     /// Client id → session, for takeover and resumption.
     sessions: Mutex<HashMap<Arc<str>, Arc<Session>>>,
     router: RwLock<Router>,
@@ -108,12 +108,25 @@ pub(crate) struct Shared {
     tasks: TaskTracker,
 }
 
-/// The installed authentication hook (a newtype so `Shared` stays `Debug`).
-pub(crate) struct AuthenticatorRef(pub(crate) Arc<dyn Authenticator>);
+/// The policies a broker applies to its clients.
+#[derive(Clone)]
+pub struct Hooks {
+    /// Who may connect.
+    pub authenticator: Arc<dyn Authenticator>,
+    /// What a connected client may publish, subscribe to and receive.
+    pub authorizer: Arc<dyn Authorizer>,
+}
 
-impl std::fmt::Debug for AuthenticatorRef {
+impl Default for Hooks {
+    /// Everyone in, everything allowed.
+    fn default() -> Self {
+        Hooks { authenticator: Arc::new(AllowAll), authorizer: Arc::new(AllowAll) }
+    }
+}
+
+impl std::fmt::Debug for Hooks {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Authenticator")
+        f.write_str("Hooks")
     }
 }
 
@@ -127,16 +140,16 @@ impl Broker {
     /// A broker with `config`. It serves nothing until given connections
     /// ([`Broker::serve_tcp`], [`Broker::serve_connection`]).
     pub fn new(config: BrokerConfig) -> Broker {
-        Broker::with_authenticator(config, AllowAll)
+        Broker::with_hooks(config, Hooks::default())
     }
 
-    /// A broker whose clients must pass `authenticator` to connect.
-    pub fn with_authenticator(config: BrokerConfig, authenticator: impl Authenticator) -> Broker {
+    /// A broker whose clients pass through `hooks`.
+    pub fn with_hooks(config: BrokerConfig, hooks: Hooks) -> Broker {
         Broker {
             shared: Arc::new(Shared {
                 config,
                 metrics: Metrics::default(),
-                authenticator: AuthenticatorRef(Arc::new(authenticator)),
+                hooks,
                 sessions: Mutex::new(HashMap::new()),
                 router: RwLock::new(Router::default()),
                 retained: RwLock::new(HashMap::new()),

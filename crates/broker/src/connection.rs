@@ -349,7 +349,7 @@ async fn run_session<S>(
         peer,
         protocol_version: version,
     };
-    let authenticator = shared.authenticator.0.clone();
+    let authenticator = shared.hooks.authenticator.clone();
     let mut auth_reply = None;
     let auth_method = connect.properties.authentication_method.clone();
     if let Some(method) = &auth_method {
@@ -378,6 +378,16 @@ async fn run_session<S>(
         }
     } else if let Verdict::Deny(code) = authenticator.authenticate(&client, connect.password.as_deref()).await {
         refuse(&mut stream, version, code).await;
+        return;
+    }
+    // A will is a publish like any other: one the client may not make is
+    // refused up front, as Mosquitto does.
+    if let Some(will) = &connect.will
+        && !shared.hooks.authorizer.authorize_publish(&client, &will.topic).allowed().await
+    {
+        tracing::info!(%peer, client_id, username = client.username, topic = %will.topic, "will topic not authorized; refusing");
+        Metrics::inc(&shared.metrics.publish_denied);
+        refuse(&mut stream, version, ReasonCode::NotAuthorized).await;
         return;
     }
 
@@ -528,7 +538,7 @@ impl Conn {
         let shutdown = self.shared.shutdown.clone();
         // Clients may send packets right behind CONNECT without waiting
         // for CONNACK (section 3.1.4); they may already be buffered.
-        if let Err(close) = self.handle_buffered(&mut rbuf) {
+        if let Err(close) = self.handle_buffered(&mut rbuf).await {
             return close;
         }
         if let Err(close) = self.reauthenticate().await {
@@ -576,7 +586,7 @@ impl Conn {
                 Event::Read(Ok(n)) => {
                     Metrics::add(&self.shared.metrics.bytes_received, n as u64);
                     last_packet = Instant::now();
-                    if let Err(close) = self.handle_buffered(&mut rbuf) {
+                    if let Err(close) = self.handle_buffered(&mut rbuf).await {
                         return close;
                     }
                     if let Err(close) = self.reauthenticate().await {
@@ -597,12 +607,12 @@ impl Conn {
     }
 
     /// Handles every complete packet in `rbuf`.
-    fn handle_buffered(&mut self, rbuf: &mut BytesMut) -> Result<(), Close> {
+    async fn handle_buffered(&mut self, rbuf: &mut BytesMut) -> Result<(), Close> {
         loop {
             match decode(rbuf, self.version, self.shared.config.max_packet_size) {
                 Ok(Some(packet)) => {
                     Metrics::inc(&self.shared.metrics.packets_received);
-                    self.handle(packet)?;
+                    self.handle(packet).await?;
                 }
                 Ok(None) => return Ok(()),
                 Err(e) => return Err(Close::Malformed(e)),
@@ -611,9 +621,9 @@ impl Conn {
     }
 
     /// Handles one packet from the client. `Err` ends the connection.
-    fn handle(&mut self, packet: Packet) -> Result<(), Close> {
+    async fn handle(&mut self, packet: Packet) -> Result<(), Close> {
         match packet {
-            Packet::Publish(publish) => self.handle_publish(publish),
+            Packet::Publish(publish) => self.handle_publish(publish).await,
             Packet::PubAck(ack) => {
                 self.complete_inflight(ack.packet_id, InflightState::ExpectAck, QoS::AtLeastOnce);
                 Ok(())
@@ -649,7 +659,7 @@ impl Conn {
                 self.complete_inflight(ack.packet_id, InflightState::ExpectComp, QoS::ExactlyOnce);
                 Ok(())
             }
-            Packet::Subscribe(subscribe) => self.handle_subscribe(subscribe),
+            Packet::Subscribe(subscribe) => self.handle_subscribe(subscribe).await,
             Packet::Unsubscribe(unsubscribe) => {
                 self.handle_unsubscribe(unsubscribe);
                 Ok(())
@@ -709,7 +719,7 @@ impl Conn {
         }
         match (auth.reason_code, self.reauth.is_some()) {
             (ReasonCode::ReAuthenticate, false) => {
-                let Some(exchange) = self.shared.authenticator.0.start_exchange(method, &self.client) else {
+                let Some(exchange) = self.shared.hooks.authenticator.start_exchange(method, &self.client) else {
                     return Err(Close::ReauthFailed(ReasonCode::BadAuthenticationMethod));
                 };
                 self.reauth = Some(exchange);
@@ -750,7 +760,7 @@ impl Conn {
         Ok(())
     }
 
-    fn handle_publish(&mut self, mut publish: Publish) -> Result<(), Close> {
+    async fn handle_publish(&mut self, mut publish: Publish) -> Result<(), Close> {
         Metrics::inc(&self.shared.metrics.publish_received);
         if let Some(alias) = publish.properties.topic_alias.take() {
             // Aliases belong to this connection: resolved here, never forwarded.
@@ -785,7 +795,15 @@ impl Conn {
         }
         // `$SYS` belongs to the broker: clients' publishes there are
         // acknowledged and dropped, as Mosquitto does.
-        let route = !publish.topic.starts_with("$SYS");
+        let mut route = !publish.topic.starts_with("$SYS");
+        let allowed =
+            !route || self.shared.hooks.authorizer.authorize_publish(&self.client, &publish.topic).allowed().await;
+        if !allowed {
+            // 3.1.1 has no way to say no: the message is dropped silently.
+            Metrics::inc(&self.shared.metrics.publish_denied);
+            tracing::debug!(client_id = %self.session.client_id, username = self.client.username, topic = %publish.topic, "publish not authorized");
+            route = false;
+        }
         match (publish.qos, publish.packet_id) {
             (QoS::AtMostOnce, _) => {
                 if route {
@@ -794,7 +812,13 @@ impl Conn {
             }
             (QoS::AtLeastOnce, Some(id)) => {
                 let matched = if route { self.route(publish) } else { 1 };
-                self.send(&Packet::PubAck(self.publish_ack(id, matched)));
+                let ack = if allowed { self.publish_ack(id, matched) } else { self.denied_ack(id) };
+                self.send(&Packet::PubAck(ack));
+            }
+            (QoS::ExactlyOnce, Some(id)) if !allowed && self.version.is_v5() => {
+                // A PUBREC with an error ends the flow: no PUBREL follows
+                // (v5 section 4.3.3), so nothing awaits one.
+                self.send(&Packet::PubRec(self.denied_ack(id)));
             }
             (QoS::ExactlyOnce, Some(id)) => {
                 // A PUBLISH re-sent before PUBREL is acknowledged again but
@@ -832,13 +856,23 @@ impl Conn {
         ack
     }
 
+    /// PUBACK/PUBREC for a publish the authorizer refused: 0x87 for v5, a
+    /// plain acknowledgement for 3.x, which has no code for it.
+    fn denied_ack(&self, id: PacketId) -> PubAck {
+        let mut ack = PubAck::new(id);
+        if self.version.is_v5() {
+            ack.reason_code = ReasonCode::NotAuthorized;
+        }
+        ack
+    }
+
     /// Routes a client's message; returns how many sessions it matched.
     fn route(&self, publish: Publish) -> usize {
         let message = Message::new(publish.topic, publish.payload, publish.qos, publish.retain, publish.properties);
         self.shared.publish(message, Some(&self.session))
     }
 
-    fn handle_subscribe(&mut self, subscribe: Subscribe) -> Result<(), Close> {
+    async fn handle_subscribe(&mut self, subscribe: Subscribe) -> Result<(), Close> {
         let mut reason_codes = Vec::with_capacity(subscribe.subscriptions.len());
         let mut granted = Vec::new();
         for sub in &subscribe.subscriptions {
@@ -867,6 +901,16 @@ impl Conn {
                 }
                 reason_codes.push(if self.version.is_v5() {
                     ReasonCode::TopicFilterInvalid
+                } else {
+                    ReasonCode::UnspecifiedError
+                });
+                continue;
+            }
+            if !self.shared.hooks.authorizer.authorize_subscribe(&self.client, &sub.topic_filter).allowed().await {
+                Metrics::inc(&self.shared.metrics.subscribe_denied);
+                tracing::debug!(client_id = %self.session.client_id, username = self.client.username, filter = sub.topic_filter, "subscription not authorized");
+                reason_codes.push(if self.version.is_v5() {
+                    ReasonCode::NotAuthorized
                 } else {
                     ReasonCode::UnspecifiedError
                 });
@@ -982,12 +1026,18 @@ impl Conn {
         let mut sent = 0;
         let mut sendable = std::mem::take(&mut self.sendable);
         for (delivery, packet_id) in sendable.drain(..) {
+            // A subscriber never receives a topic it may not read, whatever
+            // its filter matched (a `#` subscription included).
+            if !self.shared.hooks.authorizer.authorize_read(&self.client, &delivery.message.topic) {
+                self.discard(packet_id, &self.shared.metrics.delivery_denied);
+                continue;
+            }
             let mut publish = to_publish(&delivery, packet_id, false, now);
             let new_alias = self.apply_outbound_alias(&mut publish);
             if let Some(max) = self.client_max_packet
                 && publish_encoded_len(&publish, self.version) > max as usize
             {
-                self.discard_oversized(packet_id);
+                self.discard(packet_id, &self.shared.metrics.dropped_too_large);
                 continue;
             }
             // The client learns an alias only from a packet it receives.
@@ -1024,10 +1074,10 @@ impl Conn {
         Some((publish.topic.clone(), next))
     }
 
-    /// A message larger than the client accepts is discarded as if it had
-    /// been delivered [MQTT-3.1.2-25].
-    fn discard_oversized(&mut self, packet_id: Option<PacketId>) {
-        Metrics::inc(&self.shared.metrics.dropped_too_large);
+    /// Drops a message the client may not get, as if it had been delivered:
+    /// larger than it accepts [MQTT-3.1.2-25], or a topic it may not read.
+    fn discard(&self, packet_id: Option<PacketId>, counter: &std::sync::atomic::AtomicU64) {
+        Metrics::inc(counter);
         if let Some(id) = packet_id {
             let mut state = self.session.state.lock();
             if let Some(i) = state.inflight_position(id) {

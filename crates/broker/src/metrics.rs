@@ -31,6 +31,12 @@ pub struct Metrics {
     pub dropped_qos0_offline: AtomicU64,
     /// Messages larger than the receiving client's Maximum Packet Size.
     pub dropped_too_large: AtomicU64,
+    /// PUBLISH packets (and wills) the authorizer refused.
+    pub publish_denied: AtomicU64,
+    /// Subscriptions the authorizer refused.
+    pub subscribe_denied: AtomicU64,
+    /// Messages not delivered because the subscriber may not read the topic.
+    pub delivery_denied: AtomicU64,
     /// Connections closed for a protocol violation or malformed packet.
     pub protocol_errors: AtomicU64,
 }

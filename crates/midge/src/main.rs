@@ -1,17 +1,19 @@
 //! The `midge` command: `midge serve` runs the broker, `midge passwd`
 //! manages password files.
 
+mod certs;
 mod passwd;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use midge_broker::auth::PasswordFile;
-use midge_broker::{Broker, BrokerConfig, SharedStrategy};
+use midge_broker::auth::{AclFile, PasswordFile};
+use midge_broker::{Broker, BrokerConfig, Hooks, SharedStrategy};
 use tracing_subscriber::EnvFilter;
 
 /// midge: an MQTT broker and toolkit.
@@ -28,6 +30,8 @@ enum Command {
     Serve(ServeArgs),
     /// Add, update or delete users of a password file (mosquitto_passwd's flags).
     Passwd(passwd::PasswdArgs),
+    /// Make a CA, a server and a client certificate for TLS (the openssl steps in one command).
+    Certs(certs::CertsArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -74,6 +78,11 @@ struct ServeArgs {
     /// MQTT 5's SCRAM-SHA-256 authentication method.
     #[arg(long)]
     password_file: Option<PathBuf>,
+    /// ACL file in Mosquitto's format (`user`, `topic [read|write|readwrite|deny]`,
+    /// `pattern` with %c and %u): what each client may publish, subscribe to and
+    /// receive. Without it every client may use every topic.
+    #[arg(long)]
+    acl_file: Option<PathBuf>,
     /// With --password-file, also let clients without a user name in.
     #[arg(long, requires = "password_file")]
     allow_anonymous: bool,
@@ -104,6 +113,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => serve(args),
         Command::Passwd(args) => passwd::run(args),
+        Command::Certs(args) => certs::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -132,7 +142,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             response_information: args.response_information.clone(),
             ..BrokerConfig::default()
         };
-        let (broker, access) = match &args.password_file {
+        let mut hooks = Hooks::default();
+        let mut access = match &args.password_file {
             Some(path) => {
                 let file = PasswordFile::load(path)?.allow_anonymous(args.allow_anonymous);
                 let access = format!(
@@ -142,10 +153,17 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                     file.scram_users(),
                     if args.allow_anonymous { "allowed" } else { "refused" }
                 );
-                (Broker::with_authenticator(config, file), access)
+                hooks.authenticator = Arc::new(file);
+                access
             }
-            None => (Broker::new(config), "anonymous clients allowed".to_owned()),
+            None => "anonymous clients allowed".to_owned(),
         };
+        if let Some(path) = &args.acl_file {
+            let acl = AclFile::load(path)?;
+            access.push_str(&format!("; ACL file {} with rules for {} users", path.display(), acl.users()));
+            hooks.authorizer = Arc::new(acl);
+        }
+        let broker = Broker::with_hooks(config, hooks);
         let anonymous = args.password_file.is_none() || args.allow_anonymous;
         let listeners = bind_listeners(&args.bind, args.port).await?;
         tracing::info!("{} starting", midge_broker::VERSION);

@@ -95,6 +95,35 @@ fn password_file_logins_with_paho() {
     run_scenario("passwords");
 }
 
+/// The ACL file end to end with paho-mqtt 3.1.1 and 5: publish (PUBACK/PUBREC 0x87 for v5,
+/// silently dropped for 3.1.1), subscribe (SUBACK 0x87 / 0x80), delivery through `#`,
+/// retained messages, `$SYS`, `%c`/`%u` patterns, and wills.
+#[test]
+fn acl_file_rules_apply_to_publish_subscribe_delivery_retained_and_wills() {
+    require_paho();
+    let dir = TempDir::new("acl");
+    let file = password_file(&dir);
+    let acl = dir.join("acl");
+    std::fs::write(
+        &acl,
+        "user alice\ntopic readwrite alice/#\ntopic read #\ntopic deny secret/#\ntopic read $SYS/broker/uptime\n\n\
+         user ann\ntopic write ann/out\n\nuser sam\ntopic write #\n\n\
+         pattern write devices/%c/#\npattern read inbox/%u/#\n",
+    )
+    .unwrap();
+    let broker = start_broker(&["--password-file", &file, "--acl-file", acl.to_str().unwrap()]);
+    assert!(broker.log().contains("ACL file"), "{}", broker.log());
+    let mut command = Command::new("python3");
+    command
+        .arg("-u")
+        .arg(tests_dir().join("python").join("auth_v5.py"))
+        .args(["127.0.0.1", &broker.port().to_string(), "acl"])
+        .env("PYTHONDONTWRITEBYTECODE", "1");
+    let mut script = Process::spawn("auth acl", command);
+    script.wait_success(WAIT);
+    assert!(script.stdout().contains("passed: acl"), "{}", script.transcript());
+}
+
 /// Mosquitto's command-line clients against a password file, and `--allow-anonymous`.
 #[test]
 fn mosquitto_clients_log_in_and_anonymous_can_be_allowed() {

@@ -1,5 +1,5 @@
-//! Authentication: the hook a connecting client passes through, and the
-//! built-in policies behind it.
+//! Authentication and authorization: the hooks every client passes
+//! through, and the built-in policies behind them.
 //!
 //! A CONNECT without an Authentication Method is checked once by
 //! [`Authenticator::authenticate`] (user name, password, client id, peer).
@@ -12,6 +12,10 @@
 //! Built in: [`AllowAll`] (the default, anonymous clients welcome) and
 //! [`PasswordFile`], Mosquitto's password file format, which also offers
 //! `SCRAM-SHA-256` to users whose entry holds SCRAM credentials.
+//!
+//! Once connected, every PUBLISH, SUBSCRIBE and delivered message passes the
+//! [`Authorizer`] (Mosca's `authorizePublish` / `authorizeSubscribe` /
+//! `authorizeForward`); [`AclFile`] is Mosquitto's ACL file.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -20,9 +24,11 @@ use std::pin::Pin;
 use bytes::Bytes;
 use midge_codec::{ProtocolVersion, ReasonCode};
 
+mod acl;
 mod password_file;
 pub mod scram;
 
+pub use acl::{AclFile, AclFileError};
 pub use password_file::{HashKind, PasswordFile, PasswordFileError, hash_password, is_hash};
 
 /// A boxed future, so the hooks can be `dyn` and still `async`.
@@ -77,7 +83,7 @@ pub trait AuthExchange: Send {
 }
 
 /// Decides who may connect. Implement it to plug in your own policy when
-/// embedding the broker; see [`crate::Broker::with_authenticator`].
+/// embedding the broker; see [`crate::Hooks`].
 pub trait Authenticator: Send + Sync + 'static {
     /// Checks a CONNECT that names no Authentication Method.
     fn authenticate<'a>(&'a self, client: &'a ClientInfo, password: Option<&'a [u8]>) -> BoxFuture<'a, Verdict>;
@@ -91,13 +97,62 @@ pub trait Authenticator: Send + Sync + 'static {
     }
 }
 
-/// Lets every client in and offers no enhanced authentication method: the
-/// default, for a broker that listens on loopback only.
+/// An authorization answer: at once, or after asking something slower
+/// (an HTTP service, a database). Ready answers cost no allocation.
+pub enum Check<'a> {
+    /// Decided: `true` allows.
+    Ready(bool),
+    /// To be awaited.
+    Pending(BoxFuture<'a, bool>),
+}
+
+impl Check<'_> {
+    /// The answer, awaiting it if needed.
+    pub async fn allowed(self) -> bool {
+        match self {
+            Check::Ready(allowed) => allowed,
+            Check::Pending(future) => future.await,
+        }
+    }
+}
+
+/// Decides what a connected client may do. Implement it to plug in your own
+/// policy when embedding the broker; see [`crate::Hooks`].
+pub trait Authorizer: Send + Sync + 'static {
+    /// May `client` publish to `topic`? Also asked for its will at CONNECT.
+    /// A denied PUBLISH is dropped (MQTT 5 clients get PUBACK/PUBREC 0x87).
+    fn authorize_publish<'a>(&'a self, client: &'a ClientInfo, topic: &'a str) -> Check<'a>;
+
+    /// May `client` subscribe to `filter` (as sent, `$share/…` included)?
+    /// Denied: SUBACK 0x80 (3.1.1) or 0x87 (MQTT 5).
+    fn authorize_subscribe<'a>(&'a self, client: &'a ClientInfo, filter: &'a str) -> Check<'a>;
+
+    /// May `client` receive a message on `topic`? Asked for every message
+    /// delivered, retained ones included, so it must be quick and cannot wait.
+    fn authorize_read(&self, client: &ClientInfo, topic: &str) -> bool;
+}
+
+/// Lets every client in, offers no enhanced authentication method and
+/// allows every topic: the default, for a broker that listens on loopback only.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct AllowAll;
 
 impl Authenticator for AllowAll {
     fn authenticate<'a>(&'a self, _: &'a ClientInfo, _: Option<&'a [u8]>) -> BoxFuture<'a, Verdict> {
         Box::pin(async { Verdict::Allow })
+    }
+}
+
+impl Authorizer for AllowAll {
+    fn authorize_publish<'a>(&'a self, _: &'a ClientInfo, _: &'a str) -> Check<'a> {
+        Check::Ready(true)
+    }
+
+    fn authorize_subscribe<'a>(&'a self, _: &'a ClientInfo, _: &'a str) -> Check<'a> {
+        Check::Ready(true)
+    }
+
+    fn authorize_read(&self, _: &ClientInfo, _: &str) -> bool {
+        true
     }
 }

@@ -365,7 +365,123 @@ def passwords(host, port):
         check(rc.value in (5, 0x87), f"MQTT {name}: an anonymous client is not authorized ({rc.value:#x})")
 
 
+class Paho:
+    """A paho-mqtt client logged in as `user`, its callbacks feeding queues read with a time limit."""
+
+    def __init__(self, host, port, user, password, v5=True, client_id=None, will=None):
+        import paho.mqtt.client as mqtt
+        from paho.mqtt.enums import CallbackAPIVersion
+        self.mqtt = mqtt
+        self.name = f"{user} ({'v5' if v5 else '3.1.1'})"
+        protocol = mqtt.MQTTv5 if v5 else mqtt.MQTTv311
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id or f"{user}-{os.urandom(4).hex()}",
+                                  protocol=protocol)
+        self.events = {name: queue.Queue() for name in ("connect", "message", "subscribe", "publish")}
+        c = self.client
+        c.on_connect = lambda cl, ud, flags, rc, props: self.events["connect"].put(rc)
+        c.on_message = lambda cl, ud, msg: self.events["message"].put(msg)
+        c.on_subscribe = lambda cl, ud, mid, rcs, props: self.events["subscribe"].put(rcs)
+        c.on_publish = lambda cl, ud, mid, rc, props: self.events["publish"].put(rc)
+        c.username_pw_set(user, password)
+        if will:
+            c.will_set(will, b"gone", qos=1)
+        c.connect(host, port, keepalive=30)
+        c.loop_start()
+        self.connack = self.wait("connect")
+        self.sys = set()
+
+    def wait(self, event, timeout=TIMEOUT):
+        try:
+            return self.events[event].get(timeout=timeout)
+        except queue.Empty:
+            raise Failure(f"{self.name}: no {event} within {timeout} s") from None
+
+    def subscribe(self, topic_filter):
+        self.client.subscribe(topic_filter, qos=1)
+        return self.wait("subscribe")[0]
+
+    def publish(self, topic, payload, qos=1, retain=False):
+        self.client.publish(topic, payload, qos=qos, retain=retain)
+        return self.wait("publish")
+
+    def received(self, until_payload):
+        """Payloads received up to and including `until_payload`; `$SYS` ones are noted in self.sys."""
+        got = []
+        while True:
+            msg = self.wait("message")
+            if msg.topic.startswith("$SYS/"):
+                self.sys.add(msg.topic)
+                continue
+            got.append((msg.topic, msg.payload))
+            if msg.payload == until_payload:
+                return got
+
+
+def acl(host, port):
+    """ACL file (interop_auth.rs): alice readwrite alice/#, read #, deny secret/#, read $SYS/broker/uptime;
+    ann write ann/out; patterns write devices/%c/#, read inbox/%u/#."""
+    alice = Paho(host, port, "alice", "secret")
+    check(not alice.connack.is_failure, "alice connects")
+    # Subscriptions: within a readable filter, not wholly denied.
+    check(alice.subscribe("#").value == 1, "alice may subscribe to # (read #)")
+    check(alice.subscribe("secret/#").value == 0x87, "a wholly denied filter gets SUBACK 0x87 (v5)")
+    check(alice.subscribe("$SYS/#").value == 0x87, "$SYS/# is not covered by read #")
+    check(alice.subscribe("$SYS/broker/uptime").value == 1, "an explicitly readable $SYS topic may be subscribed")
+    old = Paho(host, port, "alice", "secret", v5=False)
+    check(old.subscribe("secret/#").value in (0x80, 128), "3.1.1: SUBACK 0x80")
+
+    ann = Paho(host, port, "ann", "a2")
+    rc = ann.publish("secret/plans", b"leak")
+    check(rc.value == 0x87, f"v5: a denied QoS 1 publish gets PUBACK 0x87 ({rc})")
+    # QoS 2 on a raw socket, to see the PUBREC itself (paho sends PUBREL anyway).
+    raw = Conn(host, port)
+    raw.send(connect_packet("ann-raw", username="ann", password="a2"))
+    check(expect_connack(raw)[0] == 0, "ann connects on a raw socket")
+    raw.send(packet(0x34, utf8("secret/plans") + (9).to_bytes(2, "big") + b"\x00" + b"leak2"))
+    first, body = raw.read()
+    check(first == 0x50 and body[:3] == b"\x00\x09\x87", f"v5: a denied QoS 2 publish gets PUBREC 0x87 ({first:#x} {body!r})")
+    ann.publish("ann/out", b"allowed")
+    ann311 = Paho(host, port, "ann", "a2", v5=False)
+    rc = ann311.publish("weather/x", b"silently dropped")
+    check(not rc.is_failure, "3.1.1: a denied publish is acknowledged normally (and dropped)")
+    got = alice.received(b"allowed")
+    check(got == [("ann/out", b"allowed")], f"nothing denied reached the # subscriber ({got})")
+
+    # Delivery: alice may publish alice/# and read #, but a # subscriber never gets secret/.
+    alice_pub = Paho(host, port, "alice", "secret")
+    # Publishing to secret/ is denied for alice too; a user allowed to write there:
+    writer = Paho(host, port, "sam", "pencil")
+    writer.publish("secret/inside", b"hidden")
+    writer.publish("alice/inbox", b"visible")
+    got = alice.received(b"visible")
+    check(got == [("alice/inbox", b"visible")], f"a # subscriber never receives a topic it may not read ({got})")
+    check(alice.sys == {"$SYS/broker/uptime"}, f"of $SYS it gets only the topic it may read ({alice.sys})")
+    # Retained messages obey the same rule.
+    writer.publish("secret/kept", b"hidden", retain=True)
+    writer.publish("alice/kept", b"shown", retain=True)
+    late = Paho(host, port, "alice", "secret")
+    late.subscribe("#")
+    got = late.received(b"shown")
+    check(("secret/kept", b"hidden") not in got, f"retained messages on unreadable topics are not sent ({got})")
+
+    # Patterns: %c and %u.
+    dev = Paho(host, port, "ann", "a2", client_id="dev42")
+    check(dev.publish("devices/dev42/temp", b"21").value == 0, "pattern devices/%c/# lets dev42 write its own topic")
+    check(dev.publish("devices/dev7/temp", b"21").value == 0x87, "but not another device's")
+    check(ann.subscribe("inbox/ann/#").value == 1, "pattern inbox/%u/# lets ann read her inbox")
+    check(ann.subscribe("inbox/alice/#").value == 0x87, "but not alice's")
+
+    # A will on a topic the client may not publish to is refused at CONNECT.
+    refused = Paho(host, port, "ann", "a2", will="secret/will")
+    check(refused.connack.value == 0x87, f"a will topic that may not be published: CONNACK 0x87 ({refused.connack})")
+    refused311 = Paho(host, port, "ann", "a2", v5=False, will="secret/will")
+    check(refused311.connack.value in (5, 0x87), f"3.1.1: CONNACK 5 not authorized ({refused311.connack})")
+    for c in (alice, old, ann, ann311, alice_pub, writer, late, dev):
+        c.client.disconnect()
+
+
 SCENARIOS = {
+    "acl": acl,
     "scram_success": scram_success,
     "scram_wrong_password": scram_wrong_password,
     "scram_unknown_user": scram_unknown_user,
