@@ -108,6 +108,36 @@ pub(crate) struct Shared {
     tasks: TaskTracker,
 }
 
+/// How clients coming in through one listener are admitted.
+#[derive(Debug, Clone)]
+pub struct ListenerPolicy {
+    /// Let clients without a user name in (they still pass the
+    /// authenticator). Default `true`.
+    pub allow_anonymous: bool,
+    /// Take the user name from the verified client certificate instead of
+    /// CONNECT (Mosquitto's `use_identity_as_username`); such clients are
+    /// authenticated by TLS and skip the authenticator. Default `false`.
+    pub use_identity_as_username: bool,
+}
+
+impl Default for ListenerPolicy {
+    fn default() -> Self {
+        ListenerPolicy { allow_anonymous: true, use_identity_as_username: false }
+    }
+}
+
+/// Where a connection came from.
+#[derive(Debug, Clone)]
+pub struct Origin {
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// The identity in a verified client certificate (its subject CN, or
+    /// its first DNS name), if the listener asked for one.
+    pub certificate_identity: Option<String>,
+    /// The listener's admission rules.
+    pub policy: Arc<ListenerPolicy>,
+}
+
 /// The policies a broker applies to its clients.
 #[derive(Clone)]
 pub struct Hooks {
@@ -166,8 +196,15 @@ impl Broker {
         &self.shared.metrics
     }
 
-    /// Accepts MQTT connections on `listener` until [`Broker::shutdown`].
+    /// Accepts MQTT connections on `listener` until [`Broker::shutdown`],
+    /// anonymous clients allowed.
     pub async fn serve_tcp(&self, listener: TcpListener) {
+        self.serve_tcp_with(listener, Arc::new(ListenerPolicy::default())).await;
+    }
+
+    /// Accepts MQTT connections on `listener` under `policy` until
+    /// [`Broker::shutdown`].
+    pub async fn serve_tcp_with(&self, listener: TcpListener, policy: Arc<ListenerPolicy>) {
         loop {
             let accepted = tokio::select! {
                 _ = self.shared.shutdown.cancelled() => return,
@@ -178,7 +215,8 @@ impl Broker {
                     // Small packets matter more than segment efficiency; we
                     // batch writes ourselves.
                     let _ = stream.set_nodelay(true);
-                    self.serve_connection(stream, peer);
+                    let origin = Origin { peer, certificate_identity: None, policy: policy.clone() };
+                    self.serve_connection_from(stream, origin);
                 }
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning.
@@ -189,13 +227,28 @@ impl Broker {
         }
     }
 
-    /// Serves one client over any byte stream (TCP, TLS, WebSocket...).
+    /// Serves one client over any byte stream (TCP, TLS, WebSocket...),
+    /// anonymous clients allowed.
     pub fn serve_connection<S>(&self, stream: S, peer: SocketAddr)
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
+        let policy = Arc::new(ListenerPolicy::default());
+        self.serve_connection_from(stream, Origin { peer, certificate_identity: None, policy });
+    }
+
+    /// Serves one client that came in as `origin` says.
+    pub fn serve_connection_from<S>(&self, stream: S, origin: Origin)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
         let shared = self.shared.clone();
-        self.shared.tasks.spawn(crate::connection::run(shared, stream, peer));
+        self.shared.tasks.spawn(crate::connection::run(shared, stream, origin));
+    }
+
+    /// True once [`Broker::shutdown`] has begun: listeners stop accepting.
+    pub fn is_shutting_down(&self) -> bool {
+        self.shared.shutdown.is_cancelled()
     }
 
     /// Starts publishing `$SYS` topics, if configured.

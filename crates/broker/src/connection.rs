@@ -28,7 +28,7 @@ use tokio::sync::{Notify, oneshot};
 use tokio::time::Instant;
 
 use crate::auth::{AuthExchange, AuthStep, ClientInfo, Verdict};
-use crate::broker::Shared;
+use crate::broker::{Origin, Shared};
 use crate::metrics::Metrics;
 use crate::router::Grant;
 use crate::session::{Delivery, InflightState, Kick, Message, Session};
@@ -92,10 +92,11 @@ enum Event {
 }
 
 /// Serves one client until its connection ends.
-pub(crate) async fn run<S>(shared: Arc<Shared>, mut stream: S, peer: SocketAddr)
+pub(crate) async fn run<S>(shared: Arc<Shared>, mut stream: S, origin: Origin)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let peer = origin.peer;
     Metrics::inc(&shared.metrics.connections_current);
     Metrics::inc(&shared.metrics.connections_total);
     let mut rbuf = BytesMut::with_capacity(1024);
@@ -104,7 +105,7 @@ where
         _ = shared.shutdown.cancelled() => Ok(None),
     };
     if let Ok(Some(connect)) = connect {
-        run_session(&shared, stream, rbuf, peer, connect).await;
+        run_session(&shared, stream, rbuf, origin, connect).await;
     } else if connect.is_err() {
         tracing::debug!(%peer, "no CONNECT within {:?}; closing", shared.config.connect_timeout);
     }
@@ -287,15 +288,11 @@ fn reserve(buf: &mut BytesMut) {
 }
 
 /// Validates CONNECT, answers CONNACK, then serves the session.
-async fn run_session<S>(
-    shared: &Arc<Shared>,
-    mut stream: S,
-    mut rbuf: BytesMut,
-    peer: SocketAddr,
-    connect: Box<Connect>,
-) where
+async fn run_session<S>(shared: &Arc<Shared>, mut stream: S, mut rbuf: BytesMut, origin: Origin, connect: Box<Connect>)
+where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    let peer = origin.peer;
     let version = connect.protocol_version;
     let mut wbuf = BytesMut::with_capacity(256);
 
@@ -376,6 +373,19 @@ async fn run_session<S>(
                 return;
             }
         }
+    } else if origin.policy.use_identity_as_username {
+        // The verified client certificate is the credential; without one
+        // there is no identity to use.
+        let Some(identity) = &origin.certificate_identity else {
+            tracing::info!(%peer, client_id, "no client certificate to take the user name from; refusing");
+            refuse(&mut stream, version, ReasonCode::NotAuthorized).await;
+            return;
+        };
+        client.username = Some(identity.clone());
+    } else if client.username.is_none() && !origin.policy.allow_anonymous {
+        tracing::info!(%peer, client_id, "anonymous client refused on this listener");
+        refuse(&mut stream, version, ReasonCode::NotAuthorized).await;
+        return;
     } else if let Verdict::Deny(code) = authenticator.authenticate(&client, connect.password.as_deref()).await {
         refuse(&mut stream, version, code).await;
         return;

@@ -37,7 +37,7 @@ mod session;
 mod shared;
 mod sys;
 
-pub use broker::{Broker, Hooks};
+pub use broker::{Broker, Hooks, ListenerPolicy, Origin};
 pub use config::BrokerConfig;
 pub use metrics::Metrics;
 pub use shared::SharedStrategy;

@@ -2,6 +2,8 @@
 //! manages password files.
 
 mod certs;
+mod config;
+mod listener;
 mod passwd;
 
 use std::net::{IpAddr, SocketAddr};
@@ -12,8 +14,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use listener::{ListenerSpec, TlsSpec};
 use midge_broker::auth::{AclFile, PasswordFile};
-use midge_broker::{Broker, BrokerConfig, Hooks, SharedStrategy};
+use midge_broker::{Broker, BrokerConfig, Hooks, ListenerPolicy, SharedStrategy};
 use tracing_subscriber::EnvFilter;
 
 /// midge: an MQTT broker and toolkit.
@@ -36,6 +39,11 @@ enum Command {
 
 #[derive(Debug, clap::Args)]
 struct ServeArgs {
+    /// Configuration file (TOML): any flag below as a key, and `[[listener]]`
+    /// tables for more listeners, TLS and client certificates. Flags given
+    /// on the command line win over the file.
+    #[arg(long, short = 'c', value_name = "FILE")]
+    config: Option<PathBuf>,
     /// Address to listen on; repeat for several. Without it midge listens on
     /// the loopback addresses only (127.0.0.1 and ::1), as Mosquitto 2 does
     /// with no configuration.
@@ -83,15 +91,27 @@ struct ServeArgs {
     /// receive. Without it every client may use every topic.
     #[arg(long)]
     acl_file: Option<PathBuf>,
-    /// With --password-file, also let clients without a user name in.
-    #[arg(long, requires = "password_file")]
+    /// Let clients without a user name in on every listener. By default they
+    /// are let in only on loopback listeners, and only without --password-file.
+    #[arg(long)]
     allow_anonymous: bool,
     /// Log filter (error, warn, info, debug, trace, or a tracing directive).
     #[arg(long, default_value = "info", env = "MIDGE_LOG")]
     log_level: String,
+    /// `[[listener]]`s from the config file.
+    #[arg(skip)]
+    listeners: Vec<config::ListenerConfig>,
+    /// Whether the --bind/--port listener(s) are opened (always without a
+    /// config file listener).
+    #[arg(skip = true)]
+    default_listener: bool,
+    /// Whether allow_anonymous was set explicitly (flag or file).
+    #[arg(skip)]
+    anonymous_given: bool,
 }
 
-#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 enum SharedStrategyArg {
     RoundRobin,
     Random,
@@ -109,9 +129,16 @@ impl From<SharedStrategyArg> for SharedStrategy {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = <Cli as clap::CommandFactory>::command().get_matches();
+    let cli = match <Cli as clap::FromArgMatches>::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
     let result = match cli.command {
-        Command::Serve(args) => serve(args),
+        Command::Serve(mut args) => {
+            let serve_matches = matches.subcommand_matches("serve").expect("serve was parsed");
+            apply_config_file(&mut args, serve_matches).and_then(|()| serve(args))
+        }
         Command::Passwd(args) => passwd::run(args),
         Command::Certs(args) => certs::run(args),
     };
@@ -122,6 +149,46 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Fills from the config file every setting not given on the command line.
+fn apply_config_file(args: &mut ServeArgs, matches: &clap::ArgMatches) -> anyhow::Result<()> {
+    let Some(path) = &args.config else { return Ok(()) };
+    let file = config::ConfigFile::load(path)?;
+    let given = |id: &str| {
+        matches!(
+            matches.value_source(id),
+            Some(clap::parser::ValueSource::CommandLine | clap::parser::ValueSource::EnvVariable)
+        )
+    };
+    macro_rules! take {
+        ($($field:ident),*) => {$(
+            if !given(stringify!($field)) && let Some(value) = file.$field {
+                args.$field = value;
+            }
+        )*};
+    }
+    take!(sys_interval, max_inflight, max_queued_messages, max_packet_size, topic_alias_maximum, max_keep_alive);
+    take!(shared_strategy, log_level, allow_anonymous);
+    if args.response_information.is_none() {
+        args.response_information = file.response_information;
+    }
+    if args.password_file.is_none() {
+        args.password_file = file.password_file;
+    }
+    if args.acl_file.is_none() {
+        args.acl_file = file.acl_file;
+    }
+    if args.max_inflight == 0 {
+        anyhow::bail!("max_inflight must be at least 1");
+    }
+    if !(16..=268_435_460).contains(&args.max_packet_size) {
+        anyhow::bail!("max_packet_size must be between 16 and 268435460");
+    }
+    args.listeners = file.listener;
+    args.default_listener = given("bind") || given("port") || args.listeners.is_empty();
+    args.anonymous_given = given("allow_anonymous") || file.allow_anonymous.is_some();
+    Ok(())
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
@@ -145,18 +212,15 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let mut hooks = Hooks::default();
         let mut access = match &args.password_file {
             Some(path) => {
-                let file = PasswordFile::load(path)?.allow_anonymous(args.allow_anonymous);
-                let access = format!(
-                    "password file {} with {} users ({} with SCRAM-SHA-256); anonymous clients {}",
-                    path.display(),
-                    file.len(),
-                    file.scram_users(),
-                    if args.allow_anonymous { "allowed" } else { "refused" }
-                );
+                // Whether clients without a user name get in is each
+                // listener's decision (ListenerPolicy), not the file's.
+                let file = PasswordFile::load(path)?.allow_anonymous(true);
+                let access =
+                    format!("password file {} with {} users ({} with SCRAM-SHA-256)", path.display(), file.len(), file.scram_users());
                 hooks.authenticator = Arc::new(file);
                 access
             }
-            None => "anonymous clients allowed".to_owned(),
+            None => "no password file".to_owned(),
         };
         if let Some(path) = &args.acl_file {
             let acl = AclFile::load(path)?;
@@ -164,23 +228,30 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             hooks.authorizer = Arc::new(acl);
         }
         let broker = Broker::with_hooks(config, hooks);
-        let anonymous = args.password_file.is_none() || args.allow_anonymous;
-        let listeners = bind_listeners(&args.bind, args.port).await?;
+        let bound = listener::bind(listener_specs(&args)).await?;
         tracing::info!("{} starting", midge_broker::VERSION);
         let mut accepts = Vec::new();
-        for listener in listeners {
-            let local = listener.local_addr().context("reading the bound address")?;
-            tracing::info!("listening on mqtt://{local} (MQTT 3.1, 3.1.1, 5.0; {access})");
-            if anonymous && !local.ip().is_loopback() {
+        let mut tls_cells = Vec::new();
+        for bound in bound {
+            tracing::info!("{}", bound.describe(&access)?);
+            let local = bound.listener.local_addr().context("reading the bound address")?;
+            let policy = &bound.spec.policy;
+            if policy.allow_anonymous && !local.ip().is_loopback() && !policy.use_identity_as_username {
                 tracing::warn!(
                     "listener {local} is not loopback and anonymous clients are allowed: anyone who can reach it can publish and subscribe"
                 );
             }
-            let serving = broker.clone();
-            accepts.push(tokio::spawn(async move { serving.serve_tcp(listener).await }));
+            if !policy.allow_anonymous && args.password_file.is_none() && !policy.use_identity_as_username {
+                tracing::warn!(
+                    "listener {local} refuses anonymous clients and there is no password file: no client can connect \
+                     (set --password-file, or allow_anonymous = true)"
+                );
+            }
+            tls_cells.push((bound.spec.clone(), bound.tls.clone()));
+            accepts.push(tokio::spawn(listener::serve(broker.clone(), bound)));
         }
         broker.start_sys();
-        wait_for_signal().await?;
+        wait_for_signal(|| listener::reload(&tls_cells)).await?;
         tracing::info!("shutting down");
         broker.shutdown(Duration::from_secs(5)).await;
         accepts.iter().for_each(|a| a.abort());
@@ -189,36 +260,68 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     })
 }
 
-/// Binds every `--bind` address, or both loopbacks by default. With the
-/// default, a machine without IPv6 still starts on 127.0.0.1.
-async fn bind_listeners(binds: &[IpAddr], port: u16) -> anyhow::Result<Vec<tokio::net::TcpListener>> {
-    let defaulted = binds.is_empty();
-    let addrs: Vec<IpAddr> = if defaulted {
-        vec![IpAddr::from([127, 0, 0, 1]), IpAddr::from(std::net::Ipv6Addr::LOCALHOST)]
-    } else {
-        binds.to_vec()
+/// The listeners to open: `--bind`/`--port` (both loopbacks on 1883 by
+/// default) unless the config file has `[[listener]]`s and neither flag was
+/// given, plus those. Anonymous clients are allowed by default only on
+/// loopback listeners of a broker without a password file.
+fn listener_specs(args: &ServeArgs) -> Vec<ListenerSpec> {
+    let explicit_anonymous = args.anonymous_given || args.allow_anonymous;
+    let anonymous = |ip: IpAddr, own: Option<bool>| {
+        own.unwrap_or(if explicit_anonymous {
+            args.allow_anonymous
+        } else {
+            ip.is_loopback() && args.password_file.is_none()
+        })
     };
-    let mut listeners = Vec::new();
-    for ip in addrs {
-        let addr = SocketAddr::new(ip, port);
-        match tokio::net::TcpListener::bind(addr).await {
-            Ok(l) => listeners.push(l),
-            Err(e) if defaulted && ip.is_ipv6() => {
-                tracing::debug!(error = %e, "IPv6 loopback unavailable; skipping {addr}")
-            }
-            Err(e) => return Err(anyhow::Error::new(e).context(format!("cannot listen on {addr}"))),
+    let mut specs = Vec::new();
+    if args.default_listener {
+        let defaulted = args.bind.is_empty();
+        let addrs: Vec<IpAddr> = if defaulted {
+            vec![IpAddr::from([127, 0, 0, 1]), IpAddr::from(std::net::Ipv6Addr::LOCALHOST)]
+        } else {
+            args.bind.clone()
+        };
+        for ip in addrs {
+            specs.push(ListenerSpec {
+                addr: SocketAddr::new(ip, args.port),
+                tls: None,
+                policy: ListenerPolicy { allow_anonymous: anonymous(ip, None), use_identity_as_username: false },
+                // A machine without IPv6 still starts on 127.0.0.1.
+                optional: defaulted && ip.is_ipv6(),
+            });
         }
     }
-    Ok(listeners)
+    for l in &args.listeners {
+        let tls = l.tls_cert.clone().zip(l.tls_key.clone()).map(|(cert, key)| TlsSpec {
+            cert,
+            key,
+            ca: l.tls_ca.clone(),
+            require_certificate: l.require_certificate,
+        });
+        specs.push(ListenerSpec {
+            addr: SocketAddr::new(l.bind, l.port),
+            tls,
+            policy: ListenerPolicy {
+                allow_anonymous: anonymous(l.bind, l.allow_anonymous),
+                use_identity_as_username: l.use_identity_as_username,
+            },
+            optional: false,
+        });
+    }
+    specs
 }
 
-async fn wait_for_signal() -> anyhow::Result<()> {
+/// Waits for SIGTERM or SIGINT; on SIGHUP calls `reload` and goes on waiting.
+async fn wait_for_signal(reload: impl Fn()) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+    let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => return Ok(()),
+            _ = int.recv() => return Ok(()),
+            _ = hup.recv() => reload(),
+        }
     }
-    Ok(())
 }

@@ -5,7 +5,9 @@ use std::net::TcpListener;
 use std::process::Command;
 use std::time::Duration;
 
-use midge_test_support::{Broker, Process};
+use std::net::SocketAddr;
+
+use midge_test_support::{Broker, Process, RawClient, build};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -33,13 +35,35 @@ fn serve_listens_on_loopback_only_by_default() {
     assert!(serve.terminate(WAIT).success(), "SIGTERM ends it cleanly: {}", serve.transcript());
 }
 
-/// A listener on a non-loopback address is announced with a warning: anonymous
-/// clients are allowed there too.
+/// The port in a `listening on mqtt://IP:PORT` start-up line.
+fn listening_port(line: &str) -> u16 {
+    let rest = &line[line.find("mqtt://").expect("a listening line") + 7..];
+    let addr = &rest[..rest.find(' ').unwrap_or(rest.len())];
+    addr.rsplit(':').next().unwrap().parse().unwrap()
+}
+
+/// Secure default: a listener on a non-loopback address refuses anonymous clients
+/// (CONNACK 5), says so at start-up, and warns that without a password file nobody
+/// can connect. `--allow-anonymous` opens it, with a warning.
 #[test]
-fn a_non_loopback_listener_is_announced_with_a_warning() {
-    let mut serve = midge(&["serve", "--bind", "0.0.0.0", "--port", "0"]);
-    serve.wait_for_stderr_line("is not loopback and anonymous clients are allowed", WAIT);
-    serve.terminate(WAIT);
+fn a_non_loopback_listener_refuses_anonymous_clients_unless_allowed() {
+    let serve = midge(&["serve", "--bind", "0.0.0.0", "--port", "0"]);
+    let line = serve.wait_for_stderr_line("listening on mqtt://0.0.0.0:", WAIT);
+    assert!(line.contains("anonymous clients refused"), "{line}");
+    serve.wait_for_stderr_line("no client can connect", WAIT);
+    let addr = SocketAddr::from(([127, 0, 0, 1], listening_port(&line)));
+    let mut client = RawClient::connect(addr);
+    client.send(&build::Connect::new("anon").build());
+    assert_eq!(client.expect_connack().return_code, 5, "anonymous: not authorized");
+    client.expect_closed_soon();
+
+    let mut open = midge(&["serve", "--bind", "0.0.0.0", "--port", "0", "--allow-anonymous"]);
+    open.wait_for_stderr_line("is not loopback and anonymous clients are allowed", WAIT);
+    let line = open.wait_for_stderr_line("listening on mqtt://0.0.0.0:", WAIT);
+    let addr = SocketAddr::from(([127, 0, 0, 1], listening_port(&line)));
+    let (_client, connack) = RawClient::handshake(addr, &build::Connect::new("anon"));
+    assert_eq!(connack.return_code, 0);
+    open.terminate(WAIT);
 }
 
 /// A port already in use: an error naming the address, exit status 1.
