@@ -217,7 +217,11 @@ fn instructions(dir: &Path, names: &[String], client_cn: &str, leaf_until: &str,
     let _ = writeln!(text, "  client.crt, client.key   a client certificate and key, CN \"{client_cn}\"");
     let _ = writeln!(text, "The server and client certificates are valid until {leaf_until}.");
     let _ = writeln!(text);
-    let _ = writeln!(text, "With midge: TLS listeners are set in the configuration file; add");
+    let _ = writeln!(
+        text,
+        "With midge: put this in a configuration file (say midge.toml) and run `midge serve -c midge.toml`;"
+    );
+    let _ = writeln!(text, "clients then log in with their certificate, its CN as user name:");
     let _ = writeln!(text);
     let _ = writeln!(text, "[[listener]]");
     let _ = writeln!(text, "port = 8883");
@@ -225,6 +229,7 @@ fn instructions(dir: &Path, names: &[String], client_cn: &str, leaf_until: &str,
     let _ = writeln!(text, "tls_key = {}", toml("server.key"));
     let _ = writeln!(text, "tls_ca = {}", toml("ca.crt"));
     let _ = writeln!(text, "require_certificate = true");
+    let _ = writeln!(text, "use_identity_as_username = true");
     let _ = writeln!(text);
     let _ = writeln!(text, "With Mosquitto's clients, subscribe in one terminal and publish in another:");
     let _ = writeln!(text);
