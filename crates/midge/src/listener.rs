@@ -77,7 +77,15 @@ impl Bound {
 /// Binds every listener; TLS files are read now, so a mistake stops start-up.
 pub(crate) async fn bind(specs: Vec<ListenerSpec>) -> anyhow::Result<Vec<Bound>> {
     let mut bound = Vec::new();
-    for spec in specs {
+    for mut spec in specs {
+        // The default ::1 listener follows 127.0.0.1's ephemeral port, so
+        // `--port 0` gives one port on both loopbacks.
+        if spec.optional
+            && spec.addr.port() == 0
+            && let Some(port) = bound.last().and_then(|b: &Bound| b.listener.local_addr().ok()).map(|a| a.port())
+        {
+            spec.addr.set_port(port);
+        }
         let tls = match &spec.tls {
             Some(tls) => Some(Arc::new(SwapCell::new(server_config(tls)?))),
             None => None,

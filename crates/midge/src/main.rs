@@ -209,6 +209,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             response_information: args.response_information.clone(),
             ..BrokerConfig::default()
         };
+        let mut signals = Signals::install()?;
         let mut hooks = Hooks::default();
         let mut access = match &args.password_file {
             Some(path) => {
@@ -251,7 +252,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             accepts.push(tokio::spawn(listener::serve(broker.clone(), bound)));
         }
         broker.start_sys();
-        wait_for_signal(|| listener::reload(&tls_cells)).await?;
+        signals.wait(|| listener::reload(&tls_cells)).await;
         tracing::info!("shutting down");
         broker.shutdown(Duration::from_secs(5)).await;
         accepts.iter().for_each(|a| a.abort());
@@ -311,17 +312,32 @@ fn listener_specs(args: &ServeArgs) -> Vec<ListenerSpec> {
     specs
 }
 
-/// Waits for SIGTERM or SIGINT; on SIGHUP calls `reload` and goes on waiting.
-async fn wait_for_signal(reload: impl Fn()) -> anyhow::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
-    loop {
-        tokio::select! {
-            _ = term.recv() => return Ok(()),
-            _ = int.recv() => return Ok(()),
-            _ = hup.recv() => reload(),
+/// The signals `midge serve` handles, installed before it says it listens,
+/// so a SIGTERM sent right after that line still stops it cleanly.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Signals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            term: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
+            hup: signal(SignalKind::hangup()).context("installing the SIGHUP handler")?,
+        })
+    }
+
+    /// Waits for SIGTERM or SIGINT; on SIGHUP calls `reload` and goes on waiting.
+    async fn wait(&mut self, reload: impl Fn()) {
+        loop {
+            tokio::select! {
+                _ = self.term.recv() => return,
+                _ = self.int.recv() => return,
+                _ = self.hup.recv() => reload(),
+            }
         }
     }
 }
