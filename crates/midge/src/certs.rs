@@ -2,7 +2,6 @@
 //! one command instead of a page of openssl steps.
 
 use std::fmt::Write as _;
-use std::io::Write as _;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -122,7 +121,11 @@ pub(crate) fn run(args: CertsArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.out).with_context(|| format!("cannot create {}", args.out.display()))?;
     let dir = std::fs::canonicalize(&args.out).with_context(|| format!("cannot open {}", args.out.display()))?;
     for output in &outputs {
-        write_file(&dir, output)?;
+        crate::files::write_atomically(
+            &dir.join(output.name),
+            output.text.as_bytes(),
+            if output.secret { 0o600 } else { 0o644 },
+        )?;
     }
 
     let names: Vec<String> = sans.iter().map(san_text).collect();
@@ -180,28 +183,6 @@ fn san_text(san: &SanType) -> String {
     }
 }
 
-/// Writes through a fresh temporary in the same directory, renamed over the
-/// target: a crash leaves the old file or the new one, and a key file is never
-/// readable by others, not even for a moment.
-fn write_file(dir: &Path, output: &Output) -> anyhow::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let path = dir.join(output.name);
-    let tmp = dir.join(format!(".{}.tmp", output.name));
-    // A temporary left by a crash may have other permissions: start afresh.
-    let _ = std::fs::remove_file(&tmp);
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(if output.secret { 0o600 } else { 0o644 })
-        .open(&tmp)
-        .with_context(|| format!("cannot write {}", tmp.display()))?;
-    file.write_all(output.text.as_bytes())
-        .and_then(|()| file.sync_all())
-        .with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, &path).with_context(|| format!("cannot replace {}", path.display()))
-}
-
-/// What was written and how to use it, with the real paths.
 fn instructions(dir: &Path, names: &[String], client_cn: &str, leaf_until: &str, ca_until: &str) -> String {
     let file = |name: &str| dir.join(name).to_string_lossy().into_owned();
     let toml = |name: &str| toml_string(&file(name));

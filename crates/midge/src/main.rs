@@ -3,6 +3,7 @@
 
 mod certs;
 mod config;
+mod files;
 mod listener;
 mod passwd;
 

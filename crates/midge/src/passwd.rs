@@ -1,6 +1,6 @@
 //! `midge passwd`: manage a password file, with `mosquitto_passwd`'s flags.
 
-use std::io::{BufRead, IsTerminal, Write};
+use std::io::{BufRead, IsTerminal};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
@@ -112,30 +112,13 @@ fn read_lines(path: &Path) -> anyhow::Result<Vec<String>> {
     Ok(text.lines().map(|l| l.trim_end_matches('\r').to_owned()).collect())
 }
 
-/// Replaces the file through a temporary in the same directory, so a crash
-/// leaves the old file or the new one, never half of one. The file is
-/// readable by its owner only.
+/// Replaces the file atomically; it is readable by its owner only.
 fn write_file(path: &Path, lines: &[String]) -> anyhow::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
     let mut text = lines.join("\n");
     if !text.is_empty() {
         text.push('\n');
     }
-    let tmp = path.with_file_name(format!(
-        ".{}.tmp",
-        path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
-    ));
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .with_context(|| format!("cannot write {}", tmp.display()))?;
-    file.write_all(text.as_bytes())
-        .and_then(|()| file.sync_all())
-        .with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot replace {}", path.display()))
+    crate::files::write_atomically(path, text.as_bytes(), 0o600)
 }
 
 /// Asks twice without echo on a terminal; reads two lines from a pipe.

@@ -146,8 +146,9 @@ impl Client {
         self.subscribe_with(Filter::new(path, qos), None).await;
     }
 
-    /// Publishes at QoS 0 or 1 and waits until the broker has taken the message: sent,
-    /// for QoS 0; the PUBACK, which is returned, for QoS 1.
+    /// Publishes and waits until the broker has taken the message: sent, for QoS 0;
+    /// the PUBACK, which is returned, for QoS 1; the whole PUBREC/PUBREL/PUBCOMP
+    /// flow for QoS 2 (nothing returned).
     async fn publish_with(
         &mut self,
         topic: &str,
@@ -172,7 +173,17 @@ impl Client {
                 })
                 .await,
             ),
-            QoS::ExactlyOnce => unimplemented!("no test here publishes at QoS 2"),
+            QoS::ExactlyOnce => {
+                self.wait_for("PUBREC", |event| {
+                    matches!(event, Event::Incoming(Packet::PubRec(rec)) if rec.pkid == pkid).then_some(())
+                })
+                .await;
+                self.wait_for("PUBCOMP", |event| {
+                    matches!(event, Event::Incoming(Packet::PubComp(comp)) if comp.pkid == pkid).then_some(())
+                })
+                .await;
+                None
+            }
         }
     }
 
@@ -389,6 +400,21 @@ async fn no_local_keeps_a_clients_own_messages_from_it() {
 
     let got = chatter.next_publish().await;
     assert_eq!(text(&got), "other", "the client's own message came back despite No Local [MQTT-3.8.3-3]");
+}
+
+/// A QoS 2 message goes through PUBREC/PUBREL/PUBCOMP and reaches a QoS 2
+/// subscriber once, at QoS 2 [MQTT-4.3.3-3].
+#[tokio::test]
+async fn a_qos_2_message_arrives_once_at_qos_2() {
+    let broker = start_broker(&[]);
+    let mut sub = Client::connected(&broker, "v5-qos2-sub").await;
+    let mut publisher = Client::connected(&broker, "v5-qos2-pub").await;
+    sub.subscribe("exactly/once", QoS::ExactlyOnce).await;
+    publisher.publish("exactly/once", QoS::ExactlyOnce, false, "one").await;
+    publisher.publish("exactly/once", QoS::AtMostOnce, false, "marker").await;
+    let got = sub.next_publish().await;
+    assert_eq!((text(&got).as_str(), got.qos), ("one", QoS::ExactlyOnce));
+    assert_eq!(text(&sub.next_publish().await), "marker", "the QoS 2 message came once");
 }
 
 /// Retain As Published (v5 section 3.8.3.1): with it, a message forwarded live keeps

@@ -178,7 +178,6 @@ pub fn is_hash(s: &str) -> bool {
 
 struct Inner {
     users: HashMap<String, Hash>,
-    allow_anonymous: bool,
     /// Seeds SCRAM decoy credentials for unknown users.
     secret: [u8; 32],
     /// Bounds concurrent hash checks: each costs up to ~100 ms of CPU and,
@@ -192,13 +191,14 @@ struct Inner {
 #[derive(Clone)]
 pub struct PasswordFile {
     inner: Arc<Inner>,
+    allow_anonymous: bool,
 }
 
 impl std::fmt::Debug for PasswordFile {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PasswordFile")
             .field("users", &self.inner.users.len())
-            .field("allow_anonymous", &self.inner.allow_anonymous)
+            .field("allow_anonymous", &self.allow_anonymous)
             .finish()
     }
 }
@@ -235,19 +235,14 @@ impl PasswordFile {
         let _ = getrandom::fill(&mut secret);
         let permits = std::thread::available_parallelism().map_or(2, |n| n.get());
         Ok(PasswordFile {
-            inner: Arc::new(Inner { users, allow_anonymous: false, secret, hashing: Semaphore::new(permits) }),
+            inner: Arc::new(Inner { users, secret, hashing: Semaphore::new(permits) }),
+            allow_anonymous: false,
         })
     }
 
     /// Lets clients without a user name in (Mosquitto's `allow_anonymous`).
     pub fn allow_anonymous(self, allow: bool) -> PasswordFile {
-        let inner = Arc::try_unwrap(self.inner).unwrap_or_else(|shared| Inner {
-            users: shared.users.clone(),
-            allow_anonymous: shared.allow_anonymous,
-            secret: shared.secret,
-            hashing: Semaphore::new(shared.hashing.available_permits()),
-        });
-        PasswordFile { inner: Arc::new(Inner { allow_anonymous: allow, ..inner }) }
+        PasswordFile { allow_anonymous: allow, ..self }
     }
 
     /// Number of users.
@@ -270,7 +265,7 @@ impl Authenticator for PasswordFile {
     fn authenticate<'a>(&'a self, client: &'a ClientInfo, password: Option<&'a [u8]>) -> BoxFuture<'a, Verdict> {
         Box::pin(async move {
             let Some(username) = &client.username else {
-                if self.inner.allow_anonymous {
+                if self.allow_anonymous {
                     return Verdict::Allow;
                 }
                 tracing::info!(peer = %client.peer, client_id = client.client_id, "anonymous client refused");
