@@ -23,6 +23,7 @@ use crate::metrics::Metrics;
 use crate::router::{Grant, TopicIndex};
 use crate::session::{Delivery, Discarded, Enqueued, Kick, Message, Session};
 use crate::shared::{SharedGroup, Subscriber};
+use crate::throttle::LoginThrottle;
 
 /// A session handle compared by identity, for the topic index.
 #[derive(Debug, Clone)]
@@ -97,6 +98,7 @@ pub(crate) struct Shared {
     pub(crate) config: BrokerConfig,
     pub(crate) metrics: Metrics,
     pub(crate) hooks: Hooks,
+    pub(crate) logins: Arc<LoginThrottle>,
     /// Client id → session, for takeover and resumption.
     sessions: Mutex<HashMap<Arc<str>, Arc<Session>>>,
     router: RwLock<Router>,
@@ -177,6 +179,7 @@ impl Broker {
     pub fn with_hooks(config: BrokerConfig, hooks: Hooks) -> Broker {
         Broker {
             shared: Arc::new(Shared {
+                logins: LoginThrottle::new(config.login_limits.clone()),
                 config,
                 metrics: Metrics::default(),
                 hooks,

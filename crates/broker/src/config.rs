@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use crate::shared::SharedStrategy;
+use crate::throttle::LoginLimits;
 
 /// What a running broker is allowed to do. Every field has a default that
 /// matches what a Mosquitto user would expect unless noted.
@@ -36,6 +37,8 @@ pub struct BrokerConfig {
     /// `%c` becomes the client id and `%u` the user name (as in Mosquitto's
     /// ACL patterns). `None` (the default) sends none, as Mosquitto does.
     pub response_information: Option<String>,
+    /// How logins from one address are paced, and slowed after failures.
+    pub login_limits: LoginLimits,
 }
 
 impl Default for BrokerConfig {
@@ -50,6 +53,7 @@ impl Default for BrokerConfig {
             connect_timeout: Duration::from_secs(10),
             sys_interval: Some(Duration::from_secs(10)),
             response_information: None,
+            login_limits: LoginLimits::default(),
         }
     }
 }

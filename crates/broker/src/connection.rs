@@ -32,6 +32,7 @@ use crate::broker::{Origin, Shared};
 use crate::metrics::Metrics;
 use crate::router::Grant;
 use crate::session::{Delivery, InflightState, Kick, Message, Session};
+use crate::throttle::{Admission, Ticket};
 
 /// Why a connection ended. Decides whether the will is published.
 #[derive(Debug)]
@@ -287,6 +288,16 @@ fn reserve(buf: &mut BytesMut) {
     }
 }
 
+/// Counts a refused login against its address, and says so when that
+/// starts to slow the address down.
+fn login_failed(shared: &Shared, ticket: &Ticket) {
+    Metrics::inc(&shared.metrics.login_failures);
+    let (failures, spacing) = ticket.failed();
+    if failures >= 4 && failures.is_power_of_two() && !spacing.is_zero() {
+        tracing::warn!(address = %ticket.address(), failures, "repeated login failures; spacing this address's attempts {spacing:?} apart");
+    }
+}
+
 /// Validates CONNECT, answers CONNACK, then serves the session.
 async fn run_session<S>(shared: &Arc<Shared>, mut stream: S, mut rbuf: BytesMut, origin: Origin, connect: Box<Connect>)
 where
@@ -346,6 +357,17 @@ where
         peer,
         protocol_version: version,
     };
+    // Paced per address, so guessing passwords is slow and one address
+    // cannot crowd out the rest (see throttle.rs).
+    let ticket = match shared.logins.admit(peer.ip()).await {
+        Admission::Go(ticket) => ticket,
+        Admission::Refuse => {
+            tracing::info!(%peer, client_id, "too many failed logins from this address; refusing unchecked");
+            Metrics::inc(&shared.metrics.logins_throttled);
+            refuse(&mut stream, version, ReasonCode::ConnectionRateExceeded).await;
+            return;
+        }
+    };
     let authenticator = shared.hooks.authenticator.clone();
     let mut auth_reply = None;
     let auth_method = connect.properties.authentication_method.clone();
@@ -364,6 +386,7 @@ where
             }
             Ok(Err(AuthEnd::Refuse(code, why))) => {
                 tracing::info!(%peer, client_id, method, code = code.as_u8(), why, "enhanced authentication refused");
+                login_failed(shared, &ticket);
                 refuse(&mut stream, version, code).await;
                 return;
             }
@@ -378,18 +401,22 @@ where
         // there is no identity to use.
         let Some(identity) = &origin.certificate_identity else {
             tracing::info!(%peer, client_id, "no client certificate to take the user name from; refusing");
+            login_failed(shared, &ticket);
             refuse(&mut stream, version, ReasonCode::NotAuthorized).await;
             return;
         };
         client.username = Some(identity.clone());
     } else if client.username.is_none() && !origin.policy.allow_anonymous {
         tracing::info!(%peer, client_id, "anonymous client refused on this listener");
+        login_failed(shared, &ticket);
         refuse(&mut stream, version, ReasonCode::NotAuthorized).await;
         return;
     } else if let Verdict::Deny(code) = authenticator.authenticate(&client, connect.password.as_deref()).await {
+        login_failed(shared, &ticket);
         refuse(&mut stream, version, code).await;
         return;
     }
+    drop(ticket);
     // A will is a publish like any other: one the client may not make is
     // refused up front, as Mosquitto does.
     if let Some(will) = &connect.will

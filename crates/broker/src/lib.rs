@@ -36,12 +36,14 @@ mod router;
 mod session;
 mod shared;
 mod sys;
+mod throttle;
 
 pub use broker::{Broker, Hooks, ListenerPolicy, Origin};
 pub use config::BrokerConfig;
 pub use metrics::Metrics;
 pub use shared::SharedStrategy;
 pub use sys::VERSION;
+pub use throttle::LoginLimits;
 
 /// Unpredictable enough for assigned client ids and share-group picks:
 /// std's randomly keyed hasher, mixed with the clock, without a `rand`

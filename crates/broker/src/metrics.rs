@@ -37,6 +37,11 @@ pub struct Metrics {
     pub subscribe_denied: AtomicU64,
     /// Messages not delivered because the subscriber may not read the topic.
     pub delivery_denied: AtomicU64,
+    /// Logins refused: bad credentials, anonymous where not allowed, failed
+    /// enhanced authentication.
+    pub login_failures: AtomicU64,
+    /// Logins refused unchecked because their address failed too often.
+    pub logins_throttled: AtomicU64,
     /// Connections closed for a protocol violation or malformed packet.
     pub protocol_errors: AtomicU64,
 }

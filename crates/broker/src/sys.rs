@@ -40,7 +40,7 @@ fn publish_all(shared: &Shared) {
     let get = Metrics::get;
     let connected = get(&m.clients_connected);
     let total = shared.session_count() as u64;
-    let values: [(&'static str, u64); 16] = [
+    let values: [(&'static str, u64); 21] = [
         ("$SYS/broker/clients/connected", connected),
         ("$SYS/broker/clients/active", connected),
         ("$SYS/broker/clients/total", total.max(connected)),
@@ -57,6 +57,11 @@ fn publish_all(shared: &Shared) {
         ("$SYS/broker/subscriptions/count", shared.subscription_count() as u64),
         ("$SYS/broker/connections/total", get(&m.connections_total)),
         ("$SYS/broker/protocol/errors", get(&m.protocol_errors)),
+        ("$SYS/broker/logins/failed", get(&m.login_failures)),
+        ("$SYS/broker/logins/throttled", get(&m.logins_throttled)),
+        ("$SYS/broker/publish/messages/denied", get(&m.publish_denied)),
+        ("$SYS/broker/subscriptions/denied", get(&m.subscribe_denied)),
+        ("$SYS/broker/deliveries/denied", get(&m.delivery_denied)),
     ];
     publish(shared, "$SYS/broker/uptime", format!("{} seconds", shared.started.elapsed().as_secs()));
     for (topic, value) in values {

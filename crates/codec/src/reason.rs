@@ -139,7 +139,8 @@ impl ReasonCode {
             | ReasonCode::ServerBusy
             | ReasonCode::ServerShuttingDown
             | ReasonCode::UseAnotherServer
-            | ReasonCode::ServerMoved => 3,
+            | ReasonCode::ServerMoved
+            | ReasonCode::ConnectionRateExceeded => 3,
             ReasonCode::BadUserNameOrPassword => 4,
             _ => 5,
         }

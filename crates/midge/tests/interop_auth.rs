@@ -8,7 +8,7 @@ mod interop_support;
 use std::process::Command;
 
 use interop_support::{TestBroker, WAIT, require_paho, require_success, start_broker, tests_dir};
-use midge_test_support::{Process, TempDir};
+use midge_test_support::{Process, TempDir, build};
 
 /// The users `auth_v5.py` expects: sam (SCRAM-SHA-256), alice (mosquitto_passwd's
 /// `$7$`), ann (argon2id, midge's default).
@@ -147,4 +147,112 @@ fn mosquitto_clients_log_in_and_anonymous_can_be_allowed() {
     let mut refused = Process::spawn("mosquitto_pub", publish);
     assert!(!refused.wait_exit(WAIT).success(), "{}", refused.transcript());
     assert!(refused.output().contains("bad user name or password"), "{}", refused.transcript());
+}
+
+/// What the broker answered one guessing connection: its CONNACK return code, or
+/// `None` if it closed without one.
+async fn guess(broker: std::net::SocketAddr, n: usize) -> Option<u8> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    // From another loopback address, so the guesser and the real client differ by address.
+    socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+    let mut stream = socket.connect(broker).await.ok()?;
+    let connect = build::Connect::new(format!("guess-{n}")).username("ann").password(format!("wrong-{n}")).build();
+    stream.write_all(&connect).await.ok()?;
+    let mut connack = [0u8; 4];
+    stream.read_exact(&mut connack).await.ok()?;
+    assert_eq!(connack[..2], [0x20, 2], "not a CONNACK");
+    Some(connack[3])
+}
+
+/// One real login with rumqttc (an independent client): connect with the right password,
+/// then a QoS 1 message to itself.
+async fn real_login(port: u16, n: usize) {
+    use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+    let mut options = MqttOptions::new(format!("real-{n}"), "127.0.0.1", port);
+    options.set_credentials("ann", "a2");
+    let (client, mut events) = AsyncClient::new(options, 8);
+    client.subscribe("real/t", QoS::AtLeastOnce).await.unwrap();
+    client.publish("real/t", QoS::AtLeastOnce, false, format!("hello {n}")).await.unwrap();
+    loop {
+        match events.poll().await.expect("the real client's connection failed") {
+            Event::Incoming(Packet::Publish(p)) => {
+                assert_eq!(p.payload, format!("hello {n}").as_bytes());
+                break;
+            }
+            Event::Incoming(Packet::ConnAck(c)) => assert_eq!(c.code, rumqttc::ConnectReturnCode::Success),
+            _ => {}
+        }
+    }
+    client.disconnect().await.unwrap();
+}
+
+/// The first non-zero value of a `$SYS` counter, read with rumqttc as ann.
+async fn sys_value(port: u16, topic: &str) -> u64 {
+    use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+    let mut options = MqttOptions::new("sys-reader", "127.0.0.1", port);
+    options.set_credentials("ann", "a2");
+    let (client, mut events) = AsyncClient::new(options, 8);
+    client.subscribe(topic, QoS::AtMostOnce).await.unwrap();
+    loop {
+        if let Event::Incoming(Packet::Publish(p)) = events.poll().await.expect("connection failed") {
+            let value: u64 = std::str::from_utf8(&p.payload).unwrap().parse().unwrap();
+            if value > 0 {
+                return value;
+            }
+        }
+    }
+}
+
+/// Hundreds of wrong passwords from one address, all at once: the address is slowed
+/// down (its attempts spaced, the excess refused unchecked with 3.1.1's "server
+/// unavailable", v5's 0x9F), while a client from another address logs in and gets its
+/// messages as usual, several times, before the guessing is over.
+#[test]
+fn hundreds_of_wrong_passwords_do_not_disturb_other_clients() {
+    const GUESSES: usize = 300;
+    let dir = TempDir::new("brute-force");
+    let file = dir.join("passwords");
+    let file = file.to_str().unwrap().to_owned();
+    // argon2id: the slow hash is what a flood of guesses would otherwise monopolise.
+    midge(&["passwd", "-c", "-b", &file, "ann", "a2"]);
+    let broker = start_broker(&["--password-file", &file, "--sys-interval", "1"]);
+    let addr = broker.addr();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let (answered, mut answers) = tokio::sync::mpsc::unbounded_channel();
+        let guesses: Vec<_> = (0..GUESSES)
+            .map(|n| {
+                let answered = answered.clone();
+                tokio::spawn(async move { answered.send(guess(addr, n).await) })
+            })
+            .collect();
+        assert!(
+            broker.wait_for_log("repeated login failures", WAIT),
+            "the guessing address was never slowed down: {}",
+            broker.log()
+        );
+        for n in 0..5 {
+            tokio::time::timeout(WAIT, real_login(addr.port(), n)).await.expect("a real login timed out");
+        }
+        // Spaced attempts are still waiting their turn: the real client did not wait for them.
+        assert!(guesses.iter().any(|g| !g.is_finished()), "the guesses were not slowed down");
+        // Guesses are checked and refused (4, bad user name or password) until the queue of
+        // spaced attempts outgrows 30 s; the rest are refused unchecked (3, server unavailable).
+        let mut seen = std::collections::BTreeMap::new();
+        while !(seen.contains_key(&Some(3)) && seen.contains_key(&Some(4))) {
+            let answer = tokio::time::timeout(WAIT, answers.recv()).await.expect("the guesses stopped being answered");
+            *seen.entry(answer.unwrap()).or_insert(0) += 1;
+            assert!(seen.keys().all(|a| matches!(a, Some(3 | 4))), "{seen:?}");
+        }
+        for g in guesses {
+            g.abort();
+        }
+        // Both kinds of refusal are counted in $SYS.
+        let counter = |topic: &'static str| sys_value(addr.port(), topic);
+        assert!(tokio::time::timeout(WAIT, counter("$SYS/broker/logins/failed")).await.unwrap() >= 8);
+        assert!(tokio::time::timeout(WAIT, counter("$SYS/broker/logins/throttled")).await.unwrap() >= 1);
+    });
+    let log = broker.log();
+    assert!(log.contains("127.0.0.2"), "failures are logged with the address: {log}");
 }

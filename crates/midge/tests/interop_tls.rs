@@ -7,7 +7,7 @@ mod interop_support;
 
 use std::process::Command;
 
-use interop_support::WAIT;
+use interop_support::{WAIT, require_paho, tests_dir};
 use midge_test_support::{Process, TempDir};
 
 fn midge(args: &[&str]) -> Process {
@@ -205,4 +205,107 @@ fn the_snippet_midge_certs_prints_works() {
     let mut publish = Command::new("mosquitto_pub");
     publish.args(&args);
     Process::spawn("mosquitto_pub", publish).wait_success(WAIT);
+}
+
+/// Runs `tests/python/tls.py` (paho-mqtt over Python's ssl) against `port`.
+fn paho(port: &str, scenario: &str, ca: &str, client: Option<&str>, protocol: &str) {
+    require_paho();
+    let mut command = Command::new("python3");
+    command
+        .arg("-u")
+        .arg(tests_dir().join("python").join("tls.py"))
+        .args(["127.0.0.1", port, scenario, "--ca", &format!("{ca}/ca.crt"), "--protocol", protocol])
+        .env("PYTHONDONTWRITEBYTECODE", "1");
+    if let Some(client) = client {
+        command.args(["--cert", &format!("{client}/client.crt"), "--key", &format!("{client}/client.key")]);
+    }
+    let mut script = Process::spawn(&format!("paho tls {scenario}"), command);
+    script.wait_success(WAIT);
+    assert!(script.stdout().contains(&format!("passed: {scenario}")), "{}", script.transcript());
+}
+
+/// Python paho (OpenSSL underneath) with `midge certs` output: 3.1.1 and 5 work with a
+/// client certificate; a wrong CA, a client certificate from another CA, and none at
+/// all are refused.
+#[test]
+fn paho_connects_over_tls_and_bad_certificates_are_refused() {
+    let dir = TempDir::new("tls-paho");
+    let certs = certs(&dir, "certs", false);
+    let other = self::certs(&dir, "other", false);
+    let (_serve, port) = serve_tls(&dir, &certs, "require_certificate = true\nallow_anonymous = true", "");
+    paho(&port, "roundtrip", &certs, Some(&certs), "311");
+    paho(&port, "roundtrip", &certs, Some(&certs), "5");
+    paho(&port, "refused", &other, Some(&certs), "311");
+    paho(&port, "refused", &certs, Some(&other), "311");
+    paho(&port, "refused", &certs, None, "5");
+}
+
+/// Identity-as-username with an ACL through paho: the ACL's codes arrive over TLS
+/// (SUBACK 0x80 for 3.1.1, 0x87 for 5).
+#[test]
+fn paho_identity_as_username_meets_the_acl() {
+    let dir = TempDir::new("tls-paho-acl");
+    let certs = certs(&dir, "certs", false);
+    let acl = dir.join("acl");
+    std::fs::write(&acl, "user midge-client\ntopic readwrite devices/#\n").unwrap();
+    let top = format!("acl_file = \"{}\"", acl.display());
+    let (_serve, port) = serve_tls(&dir, &certs, "require_certificate = true\nuse_identity_as_username = true", &top);
+    paho(&port, "acl", &certs, Some(&certs), "311");
+    paho(&port, "acl", &certs, Some(&certs), "5");
+}
+
+/// rumqttc with its own rustls setup (`TlsConfiguration::Simple`, PEM files as given):
+/// connects with a client certificate and round-trips a QoS 1 message; a wrong CA and a
+/// missing client certificate fail.
+#[test]
+fn rumqttc_connects_over_tls_and_bad_certificates_are_refused() {
+    use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, TlsConfiguration, Transport};
+
+    fn options(port: u16, ca: &str, client: Option<&str>) -> MqttOptions {
+        let read = |path: String| std::fs::read(path).unwrap();
+        let mut options = MqttOptions::new("rumqttc-tls", "localhost", port);
+        options.set_transport(Transport::Tls(TlsConfiguration::Simple {
+            ca: read(format!("{ca}/ca.crt")),
+            alpn: None,
+            client_auth: client.map(|c| (read(format!("{c}/client.crt")), read(format!("{c}/client.key")))),
+        }));
+        options
+    }
+
+    /// Runs the client until it has its message back (Ok) or its connection fails (Err).
+    async fn roundtrip(options: MqttOptions) -> Result<(), String> {
+        let (client, mut events) = AsyncClient::new(options, 8);
+        client.subscribe("tls/rumqttc", QoS::AtLeastOnce).await.unwrap();
+        client.publish("tls/rumqttc", QoS::AtLeastOnce, false, "over tls").await.unwrap();
+        loop {
+            match events.poll().await.map_err(|e| e.to_string())? {
+                Event::Incoming(Packet::Publish(p)) => {
+                    assert_eq!(&p.payload[..], b"over tls");
+                    return Ok(());
+                }
+                Event::Incoming(Packet::ConnAck(c)) if c.code != rumqttc::ConnectReturnCode::Success => {
+                    return Err(format!("{:?}", c.code));
+                }
+                _ => {}
+            }
+        }
+    }
+
+    let dir = TempDir::new("tls-rumqttc");
+    let certs = certs(&dir, "certs", false);
+    let other = self::certs(&dir, "other", false);
+    let (serve, port) = serve_tls(&dir, &certs, "require_certificate = true\nallow_anonymous = true", "");
+    let port: u16 = port.parse().unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let run = |options| tokio::time::timeout(WAIT, roundtrip(options));
+        let ok = run(options(port, &certs, Some(&certs))).await.expect("timed out");
+        assert_eq!(ok, Ok(()), "{}", serve.transcript());
+        let wrong_ca = run(options(port, &other, Some(&certs))).await.expect("timed out");
+        assert!(wrong_ca.as_ref().is_err_and(|e| e.contains("certificate")), "{wrong_ca:?}");
+        let foreign_cert = run(options(port, &certs, Some(&other))).await.expect("timed out");
+        assert!(foreign_cert.is_err(), "a client certificate from another CA must fail");
+        let no_cert = run(options(port, &certs, None)).await.expect("timed out");
+        assert!(no_cert.is_err(), "a missing client certificate must fail");
+    });
 }
