@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use serde::Deserialize;
 
-use crate::SharedStrategyArg;
+use crate::{SharedStrategyArg, WebhookCheck};
 
 /// The whole file. Unknown keys are errors, so a typo is not silently ignored.
 #[derive(Debug, Default, Deserialize)]
@@ -24,6 +24,11 @@ pub(crate) struct ConfigFile {
     pub(crate) password_file: Option<PathBuf>,
     pub(crate) acl_file: Option<PathBuf>,
     pub(crate) allow_anonymous: Option<bool>,
+    pub(crate) webhook: Option<String>,
+    pub(crate) webhook_checks: Option<Vec<WebhookCheck>>,
+    pub(crate) webhook_timeout_ms: Option<u64>,
+    pub(crate) webhook_cache_seconds: Option<u64>,
+    pub(crate) webhook_ca: Option<PathBuf>,
     pub(crate) log_level: Option<String>,
     #[serde(default)]
     pub(crate) listener: Vec<ListenerConfig>,
@@ -73,6 +78,7 @@ impl ConfigFile {
         };
         file.password_file.as_mut().map(resolve);
         file.acl_file.as_mut().map(resolve);
+        file.webhook_ca.as_mut().map(resolve);
         for (i, listener) in file.listener.iter_mut().enumerate() {
             if listener.protocol != "mqtt" {
                 anyhow::bail!(

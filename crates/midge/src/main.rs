@@ -16,7 +16,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use listener::{ListenerSpec, TlsSpec};
-use midge_broker::auth::{AclFile, PasswordFile};
+use midge_broker::auth::{AclFile, PasswordFile, Webhook, WebhookChecks, WebhookConfig};
 use midge_broker::{Broker, BrokerConfig, Hooks, ListenerPolicy, SharedStrategy};
 use tracing_subscriber::EnvFilter;
 
@@ -92,8 +92,28 @@ struct ServeArgs {
     /// receive. Without it every client may use every topic.
     #[arg(long)]
     acl_file: Option<PathBuf>,
+    /// URL of an HTTP(S) service that decides logins, publishes and
+    /// subscriptions: each question is a POST of a JSON object; a 2xx answer
+    /// with an empty body or {"result": "allow"} allows, anything else
+    /// (including a timeout) denies. See docs/security.md.
+    #[arg(long, value_name = "URL")]
+    webhook: Option<String>,
+    /// The questions the webhook answers, any of connect, publish, subscribe
+    /// (default: all three).
+    #[arg(long, value_enum, value_delimiter = ',', value_name = "CHECKS")]
+    webhook_checks: Vec<WebhookCheck>,
+    /// Milliseconds a webhook question may take before it is denied.
+    #[arg(long, default_value_t = 5000, value_name = "MS")]
+    webhook_timeout_ms: u64,
+    /// Seconds publish and subscribe answers are reused; 0 asks every time.
+    #[arg(long, default_value_t = 60, value_name = "SECONDS")]
+    webhook_cache_seconds: u64,
+    /// PEM CA certificates to trust for an https webhook instead of the system's.
+    #[arg(long, value_name = "FILE")]
+    webhook_ca: Option<PathBuf>,
     /// Let clients without a user name in on every listener. By default they
-    /// are let in only on loopback listeners, and only without --password-file.
+    /// are let in only on loopback listeners, and only without --password-file
+    /// or a --webhook deciding logins.
     #[arg(long)]
     allow_anonymous: bool,
     /// Log filter (error, warn, info, debug, trace, or a tracing directive).
@@ -109,6 +129,14 @@ struct ServeArgs {
     /// Whether allow_anonymous was set explicitly (flag or file).
     #[arg(skip)]
     anonymous_given: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+enum WebhookCheck {
+    Connect,
+    Publish,
+    Subscribe,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum, serde::Deserialize)]
@@ -170,7 +198,18 @@ fn apply_config_file(args: &mut ServeArgs, matches: &clap::ArgMatches) -> anyhow
         )*};
     }
     take!(sys_interval, max_inflight, max_queued_messages, max_packet_size, topic_alias_maximum, max_keep_alive);
-    take!(shared_strategy, log_level, allow_anonymous);
+    take!(shared_strategy, log_level, allow_anonymous, webhook_timeout_ms, webhook_cache_seconds);
+    if !given("webhook_checks")
+        && let Some(checks) = file.webhook_checks
+    {
+        args.webhook_checks = checks;
+    }
+    if args.webhook.is_none() {
+        args.webhook = file.webhook;
+    }
+    if args.webhook_ca.is_none() {
+        args.webhook_ca = file.webhook_ca;
+    }
     if args.response_information.is_none() {
         args.response_information = file.response_information;
     }
@@ -229,6 +268,21 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             access.push_str(&format!("; ACL file {} with rules for {} users", path.display(), acl.users()));
             hooks.authorizer = Arc::new(acl);
         }
+        if let Some(webhook) = webhook(&args)? {
+            let checks = webhook.checks;
+            let webhook = Arc::new(Webhook::new(webhook)?);
+            let asked: Vec<&str> = [(checks.connect, "logins"), (checks.publish, "publishes"), (checks.subscribe, "subscriptions")]
+                .into_iter()
+                .filter_map(|(on, what)| on.then_some(what))
+                .collect();
+            access.push_str(&format!("; webhook {} decides {}", args.webhook.as_deref().unwrap_or_default(), asked.join(", ")));
+            if checks.connect {
+                hooks.authenticator = webhook.clone();
+            }
+            if checks.publish || checks.subscribe {
+                hooks.authorizer = webhook;
+            }
+        }
         let broker = Broker::with_hooks(config, hooks);
         let bound = listener::bind(listener_specs(&args)).await?;
         tracing::info!("{} starting", midge_broker::VERSION);
@@ -243,10 +297,10 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                     "listener {local} is not loopback and anonymous clients are allowed: anyone who can reach it can publish and subscribe"
                 );
             }
-            if !policy.allow_anonymous && args.password_file.is_none() && !policy.use_identity_as_username {
+            if !policy.allow_anonymous && !checks_logins(&args) && !policy.use_identity_as_username {
                 tracing::warn!(
                     "listener {local} refuses anonymous clients and there is no password file: no client can connect \
-                     (set --password-file, or allow_anonymous = true)"
+                     (set --password-file or --webhook, or allow_anonymous = true)"
                 );
             }
             tls_cells.push((bound.spec.clone(), bound.tls.clone()));
@@ -262,18 +316,61 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     })
 }
 
+/// Whether user names are checked (password file, or a webhook deciding logins).
+fn checks_logins(args: &ServeArgs) -> bool {
+    let webhook_connect = args.webhook.is_some()
+        && (args.webhook_checks.is_empty() || args.webhook_checks.contains(&WebhookCheck::Connect));
+    args.password_file.is_some() || webhook_connect
+}
+
+/// The webhook's settings, if there is one; refuses a webhook and a file
+/// that would both decide the same question.
+fn webhook(args: &ServeArgs) -> anyhow::Result<Option<WebhookConfig>> {
+    let Some(url) = &args.webhook else {
+        if !args.webhook_checks.is_empty() || args.webhook_ca.is_some() {
+            anyhow::bail!("webhook_checks and webhook_ca need a webhook URL (--webhook)");
+        }
+        return Ok(None);
+    };
+    let checks = if args.webhook_checks.is_empty() {
+        WebhookChecks::ALL
+    } else {
+        let has = |c| args.webhook_checks.contains(&c);
+        WebhookChecks {
+            connect: has(WebhookCheck::Connect),
+            publish: has(WebhookCheck::Publish),
+            subscribe: has(WebhookCheck::Subscribe),
+        }
+    };
+    if checks.connect && args.password_file.is_some() {
+        anyhow::bail!(
+            "both the password file and the webhook would decide logins; \
+             leave connect out of webhook_checks (for example --webhook-checks publish,subscribe)"
+        );
+    }
+    if (checks.publish || checks.subscribe) && args.acl_file.is_some() {
+        anyhow::bail!(
+            "both the ACL file and the webhook would decide publishes and subscriptions; \
+             use --webhook-checks connect to keep the ACL file for those"
+        );
+    }
+    Ok(Some(WebhookConfig {
+        checks,
+        timeout: Duration::from_millis(args.webhook_timeout_ms.max(1)),
+        cache_ttl: Duration::from_secs(args.webhook_cache_seconds),
+        ca_file: args.webhook_ca.clone(),
+        ..WebhookConfig::new(url.clone())
+    }))
+}
+
 /// The listeners to open: `--bind`/`--port` (both loopbacks on 1883 by
 /// default) unless the config file has `[[listener]]`s and neither flag was
 /// given, plus those. Anonymous clients are allowed by default only on
-/// loopback listeners of a broker without a password file.
+/// loopback listeners of a broker that checks no logins.
 fn listener_specs(args: &ServeArgs) -> Vec<ListenerSpec> {
     let explicit_anonymous = args.anonymous_given || args.allow_anonymous;
     let anonymous = |ip: IpAddr, own: Option<bool>| {
-        own.unwrap_or(if explicit_anonymous {
-            args.allow_anonymous
-        } else {
-            ip.is_loopback() && args.password_file.is_none()
-        })
+        own.unwrap_or(if explicit_anonymous { args.allow_anonymous } else { ip.is_loopback() && !checks_logins(args) })
     };
     let mut specs = Vec::new();
     if args.default_listener {

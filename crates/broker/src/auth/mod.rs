@@ -16,6 +16,9 @@
 //! Once connected, every PUBLISH, SUBSCRIBE and delivered message passes the
 //! [`Authorizer`] (Mosca's `authorizePublish` / `authorizeSubscribe` /
 //! `authorizeForward`); [`AclFile`] is Mosquitto's ACL file.
+//!
+//! With the `webhook` feature, `Webhook` asks an HTTP(S) service both
+//! questions (who may connect, what they may do).
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -27,9 +30,13 @@ use midge_codec::{ProtocolVersion, ReasonCode};
 mod acl;
 mod password_file;
 pub mod scram;
+#[cfg(feature = "webhook")]
+mod webhook;
 
 pub use acl::{AclFile, AclFileError};
 pub use password_file::{HashKind, PasswordFile, PasswordFileError, hash_password, is_hash};
+#[cfg(feature = "webhook")]
+pub use webhook::{Webhook, WebhookChecks, WebhookConfig, WebhookError};
 
 /// A boxed future, so the hooks can be `dyn` and still `async`.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;

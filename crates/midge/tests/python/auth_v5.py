@@ -480,8 +480,39 @@ def acl(host, port):
         c.client.disconnect()
 
 
+def webhook(host, port):
+    """The webhook policy (interop_webhook.rs, rules in webhook_server.py), with paho 5 and 3.1.1."""
+    alice = Paho(host, port, "alice", "secret")
+    check(not alice.connack.is_failure, "the webhook lets alice in")
+    wrong = Paho(host, port, "alice", "wrong")
+    check(wrong.connack.value == 0x86, f"v5: the webhook's deny is bad user name or password ({wrong.connack})")
+    wrong311 = Paho(host, port, "alice", "wrong", v5=False)
+    check(wrong311.connack.value in (4, 0x86), f"3.1.1: CONNACK 4 ({wrong311.connack})")
+    binary = Paho(host, port, "bin", b"\xff\x00")
+    check(not binary.connack.is_failure, "a password that is not UTF-8 reaches the webhook as password_base64")
+
+    check(alice.subscribe("allowed/#").value == 1, "an empty 204 answer allows a subscription")
+    check(alice.subscribe("denied/#").value == 0x87, "{result: deny} refuses it: SUBACK 0x87")
+    alice311 = Paho(host, port, "alice", "secret", v5=False)
+    check(alice311.subscribe("denied/#").value in (0x80, 128), "3.1.1: SUBACK 0x80")
+
+    check(alice.publish("allowed/1", b"one").value == 0, "an allowed publish gets PUBACK 0")
+    check(alice.publish("allowed/1", b"two").value == 0, "and again (the answer is cached)")
+    got = alice.received(b"two")
+    check(got == [("allowed/1", b"one"), ("allowed/1", b"two")], f"both arrive ({got})")
+    check(alice.publish("denied/1", b"x").value == 0x87, "a denied publish gets PUBACK 0x87")
+    check(alice.publish("status/403/x", b"x").value == 0x87, "a 403 answer denies")
+    check(alice.publish("status/500/x", b"x").value == 0x87, "a 500 answer denies")
+    check(alice.publish("garbage/x", b"x").value == 0x87, "an answer that is not JSON denies")
+    check(alice.publish("slow/x", b"x").value == 0x87, "an answer slower than the timeout denies")
+    check(alice.publish("allowed/2", b"after").value == 0, "the connection goes on after all that")
+    for c in (alice, wrong, wrong311, binary, alice311):
+        c.client.disconnect()
+
+
 SCENARIOS = {
     "acl": acl,
+    "webhook": webhook,
     "scram_success": scram_success,
     "scram_wrong_password": scram_wrong_password,
     "scram_unknown_user": scram_unknown_user,
