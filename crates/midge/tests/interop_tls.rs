@@ -92,6 +92,24 @@ fn mosquitto_clients_connect_over_tls_with_midge_certs_output() {
     let (ok, transcript) = publish(&base, "tls/hello", "over tls");
     assert!(ok, "{transcript}\n{}", serve.transcript());
     assert_eq!(receive_one(&base, "tls/hello"), "over tls");
+    // Exactly TLS 1.3 and exactly 1.2 both work (openssl s_client pins the version);
+    // 1.1 is refused.
+    for (flag, version, works) in
+        [("-tls1_3", "TLSv1.3", true), ("-tls1_2", "TLSv1.2", true), ("-tls1_1", "TLSv1.1", false)]
+    {
+        let mut command = Command::new("openssl");
+        command.args(["s_client", "-brief", flag, "-connect", &format!("127.0.0.1:{port}"), "-CAfile"]).args([
+            format!("{certs}/ca.crt"),
+            "-cert".to_owned(),
+            format!("{certs}/client.crt"),
+            "-key".to_owned(),
+            format!("{certs}/client.key"),
+        ]);
+        let mut client = Process::spawn("openssl s_client", command);
+        let status = client.wait_exit(WAIT);
+        let negotiated = client.output().contains(&format!("Protocol version: {version}"));
+        assert_eq!(status.success() && negotiated, works, "{version}: {}", client.transcript());
+    }
 }
 
 #[test]
