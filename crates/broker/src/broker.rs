@@ -20,9 +20,11 @@ use tokio_util::task::TaskTracker;
 use crate::auth::{AllowAll, Authenticator, Authorizer};
 use crate::config::BrokerConfig;
 use crate::metrics::Metrics;
+use crate::persist;
 use crate::router::{Grant, TopicIndex};
-use crate::session::{Delivery, Discarded, Enqueued, Kick, Message, Session};
+use crate::session::{Delivery, Discarded, Enqueued, Kick, Message, Session, SessionState};
 use crate::shared::{SharedGroup, Subscriber};
+use crate::store::{Store, StoreError};
 use crate::throttle::LoginThrottle;
 
 /// A session handle compared by identity, for the topic index.
@@ -105,6 +107,10 @@ pub(crate) struct Shared {
     /// Topic name → last retained message.
     retained: RwLock<HashMap<Box<str>, Arc<Message>>>,
     next_connection_id: AtomicU64,
+    /// Where sessions and retained messages are kept; `None`: memory only.
+    pub(crate) store: Option<Arc<dyn Store>>,
+    /// The next session's number in the store.
+    next_sid: AtomicU64,
     pub(crate) started: Instant,
     pub(crate) shutdown: CancellationToken,
     tasks: TaskTracker,
@@ -177,8 +183,22 @@ impl Broker {
 
     /// A broker whose clients pass through `hooks`.
     pub fn with_hooks(config: BrokerConfig, hooks: Hooks) -> Broker {
+        Broker::build(config, hooks, None)
+    }
+
+    /// A broker that keeps persistent sessions, their QoS 1/2 messages and
+    /// retained messages in `store`, and acknowledges QoS 1/2 messages and
+    /// subscriptions only once the store has them (under its sync policy).
+    /// Call [`Broker::recover`] before serving clients.
+    pub fn with_store(config: BrokerConfig, hooks: Hooks, store: Arc<dyn Store>) -> Broker {
+        Broker::build(config, hooks, Some(store))
+    }
+
+    fn build(config: BrokerConfig, hooks: Hooks, store: Option<Arc<dyn Store>>) -> Broker {
         Broker {
             shared: Arc::new(Shared {
+                store,
+                next_sid: AtomicU64::new(1),
                 logins: LoginThrottle::new(config.login_limits.clone()),
                 config,
                 metrics: Metrics::default(),
@@ -262,11 +282,43 @@ impl Broker {
     }
 
     /// Closes every connection and stops accepting; waits up to `grace`
-    /// for connections to finish.
+    /// for connections to finish, then makes everything written durable.
     pub async fn shutdown(&self, grace: Duration) {
         self.shared.shutdown.cancel();
         self.shared.tasks.close();
         let _ = tokio::time::timeout(grace, self.shared.tasks.wait()).await;
+        if let Some(store) = self.shared.store.clone() {
+            let closed = tokio::task::spawn_blocking(move || store.close()).await;
+            if let Ok(Err(e)) = closed {
+                tracing::error!("closing the store: {e}");
+            }
+        }
+    }
+
+    /// Loads what the store holds: sessions with their subscriptions and
+    /// messages, and retained messages. Sessions whose expiry passed while
+    /// the broker was down end now (publishing their delayed wills); the
+    /// others wait for their clients again. Needs a Tokio runtime (it
+    /// starts the sessions' expiry timers).
+    pub fn recover(&self) -> Result<Recovery, StoreError> {
+        let Some(store) = self.shared.store.clone() else { return Ok(Recovery::default()) };
+        let started = Instant::now();
+        let recovered = persist::load(store.as_ref())?;
+        let mut report = Recovery { retained: recovered.retained.len(), ..Recovery::default() };
+        {
+            let mut retained = self.shared.retained.write();
+            for message in recovered.retained {
+                retained.insert(message.topic.as_str().into(), Arc::new(message));
+            }
+        }
+        for session in recovered.sessions {
+            report.sessions += 1;
+            report.queued += session.queued.len();
+            report.subscriptions += session.record.subscriptions.len();
+            self.shared.restore_session(session);
+        }
+        report.elapsed = started.elapsed();
+        Ok(report)
     }
 
     /// Publishes a message as the broker itself (used for `$SYS`).
@@ -274,6 +326,21 @@ impl Broker {
         let properties = PublishProperties::default();
         self.shared.publish(Message::new(MqttStr::from(topic), payload, qos, retain, properties), None);
     }
+}
+
+/// What [`Broker::recover`] found.
+#[derive(Debug, Clone, Default)]
+pub struct Recovery {
+    /// Persistent sessions restored.
+    pub sessions: usize,
+    /// Their subscriptions.
+    pub subscriptions: usize,
+    /// QoS 1/2 messages queued for them (in flight ones included).
+    pub queued: usize,
+    /// Retained messages.
+    pub retained: usize,
+    /// How long loading took.
+    pub elapsed: Duration,
 }
 
 /// Removes `session` from the registry unless a newer session already
@@ -285,6 +352,38 @@ fn forget(sessions: &mut HashMap<Arc<str>, Arc<Session>>, session: &Arc<Session>
 }
 
 impl Shared {
+    pub(crate) fn store(&self) -> Option<&dyn Store> {
+        self.store.as_deref()
+    }
+
+    /// Writes (or removes) a session's record to match its state: stored
+    /// while it outlives its connection. `will_due` is when its delayed
+    /// will fires (ms since the epoch); a session written while detached
+    /// records when the client left.
+    pub(crate) fn store_session(&self, session: &Session, state: &mut SessionState, will_due: Option<u64>) {
+        let Some(store) = self.store() else { return };
+        if state.ends_with_connection() || state.discarded {
+            if state.stored {
+                persist::end_session(store, state.sid);
+                state.stored = false;
+            }
+            return;
+        }
+        let disconnected_at = if state.owner.is_some() { 0 } else { persist::now_unix_ms() };
+        let will = will_due.zip(state.pending_will.as_ref());
+        persist::put_session(
+            store,
+            state.sid,
+            &session.client_id,
+            state.expiry_interval,
+            state.protocol,
+            disconnected_at,
+            state.subscriptions.iter(),
+            will,
+        );
+        state.stored = true;
+    }
+
     pub(crate) fn next_connection_id(&self) -> u64 {
         self.next_connection_id.fetch_add(1, Ordering::Relaxed)
     }
@@ -317,16 +416,22 @@ impl Shared {
                 state.expiry_interval = expiry_interval;
                 state.protocol = protocol;
                 state.pending_will = None;
+                self.store_session(&existing, &mut state, None);
                 existing.set_online(true);
                 return (existing.clone(), true);
             }
-            let discarded = state.discard(Kick::TakenOver { publish_will: true });
+            let discarded = state.discard(Kick::TakenOver { publish_will: true }, self.store());
             drop(state);
             existing.set_online(false);
             self.finish_discard(&existing, discarded);
         }
-        let session = Arc::new(Session::new(client_id.into(), expiry_interval, protocol));
-        session.state.lock().attach(connection_id, wake, kick, Kick::TakenOver { publish_will: true });
+        let sid = self.next_sid.fetch_add(1, Ordering::Relaxed);
+        let session = Arc::new(Session::new(client_id.into(), sid, expiry_interval, protocol));
+        {
+            let mut state = session.state.lock();
+            state.attach(connection_id, wake, kick, Kick::TakenOver { publish_will: true });
+            self.store_session(&session, &mut state, None);
+        }
         session.set_online(true);
         sessions.insert(session.client_id.clone(), session.clone());
         (session, false)
@@ -356,7 +461,7 @@ impl Shared {
         state.detached_by = connection_id;
         session.set_online(false);
         if state.ends_with_connection() {
-            let mut discarded = state.discard(Kick::TakenOver { publish_will: true });
+            let mut discarded = state.discard(Kick::TakenOver { publish_will: true }, self.store());
             discarded.pending_will = will.map(|(message, _)| message);
             drop(state);
             forget(&mut sessions, session);
@@ -367,6 +472,7 @@ impl Shared {
         let expiry = (state.expiry_interval != u32::MAX).then(|| Duration::from_secs(u64::from(state.expiry_interval)));
         let mut will_now = None;
         let mut will_delay = None;
+        let mut will_due = None;
         if let Some((message, delay)) = will {
             if delay.is_zero() {
                 will_now = Some(message);
@@ -375,17 +481,85 @@ impl Shared {
                 // whichever comes first (v5 section 3.1.3.2.2).
                 state.pending_will = Some(message);
                 will_delay = expiry.is_none_or(|e| delay < e).then_some(delay);
+                will_due = Some(persist::now_unix_ms() + u64::try_from(delay.as_millis()).unwrap_or(u64::MAX / 2));
             }
         }
+        // The stored session now says when the client left, and holds the
+        // delayed will, so both survive a restart.
+        self.store_session(session, &mut state, will_due);
         // Shared-subscription messages this client has not taken go to
         // another member now rather than wait for it (v5 section 4.8.2).
-        let orphans = state.take_shared();
+        let orphans = state.take_shared(self.store());
         drop((state, sessions));
         self.reroute_shared(session, orphans);
         if let Some(message) = will_now {
             self.publish(message, None);
         }
         self.arm_timers(session, connection_id, will_delay, expiry);
+    }
+
+    /// Puts back a session read from the store, detached, with its timers
+    /// running from when its client left.
+    fn restore_session(self: &Arc<Self>, restored: persist::RecoveredSession) {
+        let record = restored.record;
+        let now = persist::now_unix_ms();
+        let left_at = if record.disconnected_at == 0 { now } else { record.disconnected_at };
+        let away = Duration::from_millis(now.saturating_sub(left_at));
+        self.next_sid.fetch_max(restored.sid + 1, Ordering::Relaxed);
+        let session =
+            Arc::new(Session::new(record.client_id.into(), restored.sid, record.expiry_interval, record.protocol));
+        let filters: Vec<(String, Grant)> = record.subscriptions;
+        let mut will_left = None;
+        {
+            let mut state = session.state.lock();
+            state.stored = true;
+            // Connection ids start at 1: 0 means "restored, nobody attached since".
+            state.detached_by = 0;
+            state.next_seq = restored.queued.last().map_or(1, |q| q.seq + 1);
+            state.subscriptions = filters.iter().cloned().collect();
+            state.awaiting_rel = restored.awaiting_rel.into_iter().collect();
+            for q in restored.queued {
+                let delivery = Delivery {
+                    message: Arc::new(q.message),
+                    qos: q.qos,
+                    retain: q.retain,
+                    subscription_ids: q.subscription_ids,
+                    shared: None,
+                    seq: q.seq,
+                };
+                match q.sent {
+                    Some((packet_id, sent_state)) => {
+                        state.inflight.push_back(crate::session::Inflight { packet_id, delivery, state: sent_state });
+                    }
+                    None => state.queue.push_back(delivery),
+                }
+            }
+            if let Some((due, will)) = record.pending_will {
+                state.pending_will = Some(will);
+                will_left = Some(Duration::from_millis(due.saturating_sub(now)));
+            }
+            // A client that was connected when the broker stopped left then.
+            if record.disconnected_at == 0 {
+                let due = will_left.map(|left| now + u64::try_from(left.as_millis()).unwrap_or(0));
+                self.store_session(&session, &mut state, due);
+            }
+        }
+        {
+            let mut router = self.router.write();
+            for (filter, grant) in &filters {
+                router.subscribe(&session, filter, *grant);
+            }
+        }
+        self.sessions.lock().insert(session.client_id.clone(), session.clone());
+        let expiry = (record.expiry_interval != u32::MAX)
+            .then(|| Duration::from_secs(u64::from(record.expiry_interval)).saturating_sub(away));
+        if expiry.is_some_and(|left| left.is_zero()) {
+            // Expired while the broker was down; its will goes out now.
+            self.expire_session(&session, 0);
+            return;
+        }
+        let will_delay = will_left.filter(|left| expiry.is_none_or(|e| *left < e));
+        self.arm_timers(&session, 0, will_delay, expiry);
     }
 
     /// Starts the will-delay and session-expiry timers of a session that
@@ -432,7 +606,7 @@ impl Shared {
         if !state.still_detached_by(connection_id) {
             return;
         }
-        let discarded = state.discard(Kick::TakenOver { publish_will: true });
+        let discarded = state.discard(Kick::TakenOver { publish_will: true }, self.store());
         drop(state);
         forget(&mut sessions, session);
         drop(sessions);
@@ -478,7 +652,7 @@ impl Shared {
                     let subscription_ids = grant.identifier.into_iter().collect();
                     // Another client: a new delivery, not a re-send, so DUP is 0.
                     let delivery = Delivery { qos, subscription_ids, ..delivery };
-                    if member.0.enqueue(delivery, max_queued) == Enqueued::DroppedQueueFull {
+                    if member.0.enqueue(delivery, max_queued, self.store()) == Enqueued::DroppedQueueFull {
                         Metrics::inc(&self.metrics.dropped_queue_full);
                     }
                 }
@@ -516,6 +690,7 @@ impl Shared {
             return None;
         }
         let existed = state.subscriptions.insert(filter.to_owned(), options).is_some();
+        self.store_session(session, &mut state, None);
         drop(state);
         router.subscribe(session, filter, options);
         Some(existed)
@@ -524,7 +699,12 @@ impl Shared {
     /// Removes a subscription; true if it existed.
     pub(crate) fn unsubscribe(&self, session: &Arc<Session>, filter: &str) -> bool {
         let mut router = self.router.write();
-        let existed = session.state.lock().subscriptions.remove(filter).is_some();
+        let mut state = session.state.lock();
+        let existed = state.subscriptions.remove(filter).is_some();
+        if existed {
+            self.store_session(session, &mut state, None);
+        }
+        drop(state);
         router.unsubscribe(session, filter);
         existed
     }
@@ -539,10 +719,21 @@ impl Shared {
             if message.payload.is_empty() {
                 // A zero-byte retained message clears the topic and is not
                 // stored [MQTT-3.3.1-10], [MQTT-3.3.1-11].
-                retained.remove(message.topic.as_str());
+                if retained.remove(message.topic.as_str()).is_some()
+                    && let Some(store) = self.store()
+                {
+                    persist::delete_retained(store, message.topic.as_str());
+                }
             } else {
                 // Replaces any earlier one [MQTT-3.3.1-5].
                 retained.insert(message.topic.as_str().into(), message.clone());
+                // $SYS topics are the broker's own, refreshed every interval:
+                // stale after a restart and not worth a write each time.
+                if let Some(store) = self.store()
+                    && !message.topic.as_str().starts_with("$SYS/")
+                {
+                    persist::put_retained(store, &message);
+                }
             }
         }
         self.route(message, origin)
@@ -594,8 +785,9 @@ impl Shared {
                 retain: grant.options.retain_as_published && message.retain,
                 subscription_ids: grant.identifier.into_iter().collect(),
                 shared: Some(group.clone()),
+                seq: 0,
             };
-            self.count_enqueue(member.0.enqueue(delivery, max_queued));
+            self.count_enqueue(member.0.enqueue(delivery, max_queued, self.store()));
         }
         for target in targets {
             // RETAIN is cleared on normal delivery [MQTT-3.3.1-9] unless the
@@ -609,8 +801,9 @@ impl Shared {
                 retain,
                 subscription_ids,
                 shared: None,
+                seq: 0,
             };
-            self.count_enqueue(target.session.0.enqueue(delivery, max_queued));
+            self.count_enqueue(target.session.0.enqueue(delivery, max_queued, self.store()));
         }
         matched
     }

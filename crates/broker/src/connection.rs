@@ -30,8 +30,10 @@ use tokio::time::Instant;
 use crate::auth::{AuthExchange, AuthStep, ClientInfo, Verdict};
 use crate::broker::{Origin, Shared};
 use crate::metrics::Metrics;
+use crate::persist;
 use crate::router::Grant;
 use crate::session::{Delivery, InflightState, Kick, Message, Session};
+use crate::store::StoreError;
 use crate::throttle::{Admission, Ticket};
 
 /// Why a connection ended. Decides whether the will is published.
@@ -53,6 +55,9 @@ enum Close {
     Shutdown,
     /// Re-authentication was refused [MQTT-4.12.1-2].
     ReauthFailed(ReasonCode),
+    /// The store could not make this client's messages durable; they are
+    /// not acknowledged.
+    Store(StoreError),
 }
 
 impl Close {
@@ -65,6 +70,7 @@ impl Close {
             Close::Kicked(_) => Some("another connection took over the session".to_owned()),
             Close::Shutdown => Some("server shutting down".to_owned()),
             Close::ReauthFailed(_) => Some("re-authentication failed".to_owned()),
+            Close::Store(_) => Some("the server could not store the message".to_owned()),
             _ => None,
         }
     }
@@ -80,6 +86,7 @@ impl Close {
             Close::Kicked(_) => Some(ReasonCode::SessionTakenOver),
             Close::Shutdown => Some(ReasonCode::ServerShuttingDown),
             Close::ReauthFailed(code) => Some(*code),
+            Close::Store(_) => Some(ReasonCode::UnspecifiedError),
         }
     }
 }
@@ -496,6 +503,7 @@ where
         auth_method,
         reauth: None,
         reauth_data: None,
+        needs_durable: false,
     };
     conn.resend_inflight();
     let keep_alive = (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500));
@@ -552,6 +560,9 @@ struct Conn {
     reauth: Option<Box<dyn AuthExchange>>,
     /// Data of the client's latest AUTH, for the exchange's next step.
     reauth_data: Option<Option<Bytes>>,
+    /// Store writes were made that must be durable before `wbuf` goes out
+    /// (it holds their acknowledgements).
+    needs_durable: bool,
 }
 
 impl Conn {
@@ -584,6 +595,16 @@ impl Conn {
         // Anything already queued for a resumed session goes out now.
         self.drain();
         loop {
+            if self.needs_durable {
+                self.needs_durable = false;
+                if let Some(store) = &self.shared.store
+                    && let Err(e) = store.durable().await
+                {
+                    // Nothing is acknowledged that is not stored.
+                    self.wbuf.clear();
+                    return Close::Store(e);
+                }
+            }
             if !self.wbuf.is_empty() {
                 // A client that stops reading blocks only itself; it can
                 // still be taken over, shut down or timed out meanwhile.
@@ -684,7 +705,20 @@ impl Conn {
                 // Release the id: a later PUBLISH with it is a new message
                 // [MQTT-4.3.3-2]. PUBCOMP even for an unknown id, so the
                 // client can finish its flow.
-                let known = self.session.state.lock().awaiting_rel.remove(&ack.packet_id.get());
+                let known = {
+                    let mut state = self.session.state.lock();
+                    let known = state.awaiting_rel.remove(&ack.packet_id.get());
+                    if known
+                        && state.stored
+                        && let Some(store) = self.shared.store()
+                    {
+                        // Durable before PUBCOMP: a stale id left after a crash
+                        // would swallow the client's next message with it.
+                        persist::delete_awaiting_rel(store, state.sid, ack.packet_id.get());
+                        self.needs_durable = true;
+                    }
+                    known
+                };
                 let mut pubcomp = PubAck::new(ack.packet_id);
                 if !known {
                     pubcomp.reason_code = ReasonCode::PacketIdentifierNotFound;
@@ -841,6 +875,8 @@ impl Conn {
             tracing::debug!(client_id = %self.session.client_id, username = self.client.username, topic = %publish.topic, "publish not authorized");
             route = false;
         }
+        // What this publish stored must be durable before its PUBACK/PUBREC.
+        self.needs_durable |= publish.qos != QoS::AtMostOnce;
         match (publish.qos, publish.packet_id) {
             (QoS::AtMostOnce, _) => {
                 if route {
@@ -862,7 +898,15 @@ impl Conn {
                 // not delivered again [MQTT-4.3.3-2].
                 let (first, pending) = {
                     let mut state = self.session.state.lock();
-                    (state.awaiting_rel.insert(id.get()), state.awaiting_rel.len())
+                    let first = state.awaiting_rel.insert(id.get());
+                    if first
+                        && state.stored
+                        && let Some(store) = self.shared.store()
+                    {
+                        // So a PUBLISH re-sent after a restart is not routed twice.
+                        persist::put_awaiting_rel(store, state.sid, id.get());
+                    }
+                    (first, state.awaiting_rel.len())
                 };
                 if self.version.is_v5() && pending > usize::from(self.shared.config.max_inflight) {
                     return Err(Close::ProtocolViolation(
@@ -980,9 +1024,9 @@ impl Conn {
         for sub in granted {
             for message in self.shared.retained_matching(&sub.topic_filter) {
                 let qos = message.qos.min(sub.options.qos);
-                let delivery =
-                    Delivery { message, qos, retain: true, subscription_ids: subscription_ids.clone(), shared: None };
-                self.session.enqueue(delivery, max_queued);
+                let subscription_ids = subscription_ids.clone();
+                let delivery = Delivery { message, qos, retain: true, subscription_ids, shared: None, seq: 0 };
+                self.session.enqueue(delivery, max_queued, self.shared.store());
             }
         }
         Ok(())
@@ -1012,7 +1056,10 @@ impl Conn {
         if let Some(i) = state.inflight_position(id) {
             let entry = &state.inflight[i];
             if entry.state == expected && entry.delivery.qos == qos {
-                state.inflight.remove(i);
+                let done = state.inflight.remove(i).expect("position is valid");
+                if let (Some(store), seq @ 1..) = (self.shared.store(), done.delivery.seq) {
+                    persist::delete_queued(store, state.sid, seq);
+                }
             }
         }
     }
@@ -1023,6 +1070,9 @@ impl Conn {
         match state.inflight_position(id) {
             Some(i) if state.inflight[i].delivery.qos == QoS::ExactlyOnce => {
                 state.inflight[i].state = InflightState::ExpectComp;
+                if let (Some(store), seq @ 1..) = (self.shared.store(), state.inflight[i].delivery.seq) {
+                    persist::put_inflight(store, state.sid, seq, id, InflightState::ExpectComp);
+                }
                 true
             }
             _ => false,
@@ -1058,7 +1108,9 @@ impl Conn {
             if !state.is_owned_by(self.connection_id) {
                 return;
             }
-            state.take_sendable(self.window, now, &mut self.sendable);
+            if state.take_sendable(self.window, now, &mut self.sendable, self.shared.store()) {
+                self.needs_durable = true;
+            }
         }
         let mut sent = 0;
         let mut sendable = std::mem::take(&mut self.sendable);
@@ -1118,7 +1170,10 @@ impl Conn {
         if let Some(id) = packet_id {
             let mut state = self.session.state.lock();
             if let Some(i) = state.inflight_position(id) {
-                state.inflight.remove(i);
+                let done = state.inflight.remove(i).expect("position is valid");
+                if let (Some(store), seq @ 1..) = (self.shared.store(), done.delivery.seq) {
+                    persist::delete_queued(store, state.sid, seq);
+                }
             }
         }
     }
@@ -1166,6 +1221,10 @@ impl Conn {
             }
             Close::ReauthFailed(code) => {
                 tracing::info!(%client_id, %peer, code = code.as_u8(), "re-authentication failed [MQTT-4.12.1-2]; closing");
+                true
+            }
+            Close::Store(e) => {
+                tracing::error!(%client_id, %peer, error = %e, "the store failed; closing without acknowledging");
                 true
             }
         };

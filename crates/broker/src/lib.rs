@@ -32,13 +32,15 @@ mod broker;
 mod config;
 mod connection;
 mod metrics;
+mod persist;
 mod router;
 mod session;
 mod shared;
+pub mod store;
 mod sys;
 mod throttle;
 
-pub use broker::{Broker, Hooks, ListenerPolicy, Origin};
+pub use broker::{Broker, Hooks, ListenerPolicy, Origin, Recovery};
 pub use config::BrokerConfig;
 pub use metrics::Metrics;
 pub use shared::SharedStrategy;

@@ -20,8 +20,10 @@ use midge_codec::{MqttStr, PacketId, ProtocolVersion, PublishProperties, QoS};
 use parking_lot::Mutex;
 use tokio::sync::{Notify, oneshot};
 
+use crate::persist;
 use crate::router::Grant;
 use crate::shared::SharedGroup;
+use crate::store::Store;
 
 /// An application message as the broker routes it: shared by every
 /// subscriber it fans out to, so the payload is never copied.
@@ -72,6 +74,8 @@ pub(crate) struct Delivery {
     /// The share group it was picked for, so it can go to another member
     /// if this one leaves.
     pub(crate) shared: Option<Arc<SharedGroup>>,
+    /// Its sequence number in the store, 0 if it is not stored.
+    pub(crate) seq: u64,
 }
 
 /// Where an outbound QoS 1/2 message stands.
@@ -119,6 +123,13 @@ pub(crate) struct Session {
 
 #[derive(Debug)]
 pub(crate) struct SessionState {
+    /// The session's number in the store.
+    pub(crate) sid: u64,
+    /// Whether the session is in the store (it outlives its connection and
+    /// the broker has a store); its QoS 1/2 deliveries are stored then.
+    pub(crate) stored: bool,
+    /// The next delivery's sequence number in the store.
+    pub(crate) next_seq: u64,
     /// The attached connection; `None` while the client is away.
     pub(crate) owner: Option<Owner>,
     /// Seconds the session outlives its connection: 0 ends it with the
@@ -163,11 +174,14 @@ pub(crate) enum Enqueued {
 }
 
 impl Session {
-    pub(crate) fn new(client_id: Arc<str>, expiry_interval: u32, protocol: ProtocolVersion) -> Session {
+    pub(crate) fn new(client_id: Arc<str>, sid: u64, expiry_interval: u32, protocol: ProtocolVersion) -> Session {
         Session {
             client_id,
             online: AtomicBool::new(false),
             state: Mutex::new(SessionState {
+                sid,
+                stored: false,
+                next_seq: 1,
                 owner: None,
                 expiry_interval,
                 detached_by: 0,
@@ -194,24 +208,35 @@ impl Session {
     /// Appends a delivery for the client and wakes its connection. Bounded
     /// by `max_queued`; QoS 0 is not kept for an absent client (Mosquitto's
     /// default `queue_qos0_messages false`).
-    pub(crate) fn enqueue(&self, delivery: Delivery, max_queued: usize) -> Enqueued {
+    ///
+    /// A QoS 1/2 delivery to a stored session is written to `store` here,
+    /// under the session's lock, so its acknowledgement (which needs this
+    /// lock too) can only be written after it.
+    pub(crate) fn enqueue(&self, mut delivery: Delivery, max_queued: usize, store: Option<&dyn Store>) -> Enqueued {
         let mut state = self.state.lock();
         if state.discarded {
             return Enqueued::DroppedDiscarded;
         }
-        let Some(owner) = &state.owner else {
-            if delivery.qos == QoS::AtMostOnce {
-                return Enqueued::DroppedQoS0Offline;
-            }
-            if state.queue.len() >= max_queued {
-                return Enqueued::DroppedQueueFull;
-            }
-            state.queue.push_back(delivery);
-            return Enqueued::Queued;
-        };
+        let online = state.owner.is_some();
+        if !online && delivery.qos == QoS::AtMostOnce {
+            return Enqueued::DroppedQoS0Offline;
+        }
         if state.queue.len() >= max_queued {
             return Enqueued::DroppedQueueFull;
         }
+        delivery.seq = 0;
+        if let Some(store) = store
+            && state.stored
+            && delivery.qos != QoS::AtMostOnce
+        {
+            delivery.seq = state.next_seq;
+            state.next_seq += 1;
+            persist::put_queued(store, state.sid, delivery.seq, &delivery);
+        }
+        let Some(owner) = &state.owner else {
+            state.queue.push_back(delivery);
+            return Enqueued::Queued;
+        };
         let wake_needed = state.queue.is_empty();
         let wake = wake_needed.then(|| owner.wake.clone());
         state.queue.push_back(delivery);
@@ -255,16 +280,22 @@ impl SessionState {
     /// queue. Returns its subscription filters for the caller to remove
     /// from the router (which must not be locked while this lock is held)
     /// and a delayed will, which is due now that the session ends.
-    pub(crate) fn discard(&mut self, reason: Kick) -> Discarded {
+    pub(crate) fn discard(&mut self, reason: Kick, store: Option<&dyn Store>) -> Discarded {
         if let Some(mut old) = self.owner.take()
             && let Some(tx) = old.kick.take()
         {
             let _ = tx.send(reason);
         }
         self.discarded = true;
+        if let Some(store) = store
+            && self.stored
+        {
+            persist::end_session(store, self.sid);
+            self.stored = false;
+        }
         // Shared-subscription messages not yet sent, or sent at QoS 1, go to
         // another member; a QoS 2 one already sent must not [MQTT-4.8.2-5].
-        let shared_orphans = self.take_shared();
+        let shared_orphans = self.take_shared(None);
         self.queue.clear();
         self.inflight.clear();
         self.awaiting_rel.clear();
@@ -279,7 +310,21 @@ impl SessionState {
     /// over: those not sent yet, and QoS 1 ones sent but not acknowledged
     /// (v5 section 4.8.2). A QoS 2 message already sent stays, to be
     /// completed with this client [MQTT-4.8.2-4].
-    pub(crate) fn take_shared(&mut self) -> Vec<Delivery> {
+    /// Their stored copies are deleted; the member taking one stores its own.
+    pub(crate) fn take_shared(&mut self, store: Option<&dyn Store>) -> Vec<Delivery> {
+        let mut taken = self.take_shared_deliveries();
+        if let Some(store) = store {
+            for delivery in &mut taken {
+                if delivery.seq != 0 {
+                    persist::delete_queued(store, self.sid, delivery.seq);
+                    delivery.seq = 0;
+                }
+            }
+        }
+        taken
+    }
+
+    fn take_shared_deliveries(&mut self) -> Vec<Delivery> {
         let mut taken = Vec::new();
         if self.queue.iter().any(|d| d.shared.is_some()) {
             let (shared, own): (VecDeque<Delivery>, VecDeque<Delivery>) =
@@ -313,9 +358,24 @@ impl SessionState {
     /// giving QoS 1/2 ones a packet id. Stops at the first QoS > 0 delivery
     /// that does not fit, so order is kept [MQTT-4.6.0-6].
     /// Expired messages are dropped on the way [MQTT-3.3.2-5].
-    pub(crate) fn take_sendable(&mut self, window: usize, now: Instant, out: &mut Vec<(Delivery, Option<PacketId>)>) {
+    ///
+    /// Stored deliveries get their packet id stored; returns true if a QoS 2
+    /// one did, which must be durable before the PUBLISH goes out: after a
+    /// crash the client, which may hold that id awaiting PUBREL, must see
+    /// the same id again, or it would take the message for a new one.
+    pub(crate) fn take_sendable(
+        &mut self,
+        window: usize,
+        now: Instant,
+        out: &mut Vec<(Delivery, Option<PacketId>)>,
+        store: Option<&dyn Store>,
+    ) -> bool {
+        let mut qos2_stored = false;
         while let Some(front) = self.queue.front() {
             if front.message.is_expired(now) {
+                if let (Some(store), seq @ 1..) = (store, front.seq) {
+                    persist::delete_queued(store, self.sid, seq);
+                }
                 self.queue.pop_front();
                 continue;
             }
@@ -329,9 +389,14 @@ impl SessionState {
             }
             let d = self.queue.pop_front().expect("front exists");
             let id = self.next_packet_id();
+            if let (Some(store), seq @ 1..) = (store, d.seq) {
+                persist::put_inflight(store, self.sid, seq, id, InflightState::ExpectAck);
+                qos2_stored |= d.qos == QoS::ExactlyOnce;
+            }
             self.inflight.push_back(Inflight { packet_id: id, delivery: d.clone(), state: InflightState::ExpectAck });
             out.push((d, Some(id)));
         }
+        qos2_stored
     }
 
     /// Finds an in-flight message by id; acks usually come in order, so the

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use serde::Deserialize;
 
-use crate::{SharedStrategyArg, WebhookCheck};
+use crate::{SharedStrategyArg, SyncArg, WebhookCheck};
 
 /// The whole file. Unknown keys are errors, so a typo is not silently ignored.
 #[derive(Debug, Default, Deserialize)]
@@ -29,6 +29,10 @@ pub(crate) struct ConfigFile {
     pub(crate) webhook_timeout_ms: Option<u64>,
     pub(crate) webhook_cache_seconds: Option<u64>,
     pub(crate) webhook_ca: Option<PathBuf>,
+    pub(crate) data_dir: Option<PathBuf>,
+    pub(crate) in_memory: Option<bool>,
+    pub(crate) sync: Option<SyncArg>,
+    pub(crate) sync_interval_ms: Option<u64>,
     pub(crate) log_level: Option<String>,
     #[serde(default)]
     pub(crate) listener: Vec<ListenerConfig>,
@@ -79,6 +83,7 @@ impl ConfigFile {
         file.password_file.as_mut().map(resolve);
         file.acl_file.as_mut().map(resolve);
         file.webhook_ca.as_mut().map(resolve);
+        file.data_dir.as_mut().map(resolve);
         for (i, listener) in file.listener.iter_mut().enumerate() {
             if listener.protocol != "mqtt" {
                 anyhow::bail!(

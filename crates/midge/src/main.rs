@@ -17,6 +17,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use listener::{ListenerSpec, TlsSpec};
 use midge_broker::auth::{AclFile, PasswordFile, Webhook, WebhookChecks, WebhookConfig};
+use midge_broker::store::{RedbStore, Store, SyncPolicy};
 use midge_broker::{Broker, BrokerConfig, Hooks, ListenerPolicy, SharedStrategy};
 use tracing_subscriber::EnvFilter;
 
@@ -31,7 +32,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the MQTT broker (MQTT 3.1, 3.1.1 and 5.0 over TCP).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Add, update or delete users of a password file (mosquitto_passwd's flags).
     Passwd(passwd::PasswdArgs),
     /// Make a CA, a server and a client certificate for TLS (the openssl steps in one command).
@@ -116,6 +117,23 @@ struct ServeArgs {
     /// or a --webhook deciding logins.
     #[arg(long)]
     allow_anonymous: bool,
+    /// Directory of the persistent store (created if missing): persistent
+    /// sessions, their queued and in-flight QoS 1/2 messages, and retained
+    /// messages survive restarts and crashes. See docs/persistence.md.
+    #[arg(long, default_value = "midge-data", value_name = "DIR")]
+    data_dir: PathBuf,
+    /// Keep everything in memory only: nothing survives a restart.
+    #[arg(long, conflicts_with = "data_dir")]
+    in_memory: bool,
+    /// When a QoS 1/2 message counts as stored, and so is acknowledged:
+    /// `always` (on disk, fsync'd, shared by concurrent messages), `interval`
+    /// (flushed every --sync-interval-ms; a crash loses up to that much),
+    /// `never` (flushed when the store needs it and at shutdown).
+    #[arg(long, value_enum, default_value_t = SyncArg::Always)]
+    sync: SyncArg,
+    /// Milliseconds between flushes with `--sync interval`.
+    #[arg(long, default_value_t = 1000, value_name = "MS", value_parser = clap::value_parser!(u64).range(1..))]
+    sync_interval_ms: u64,
     /// Log filter (error, warn, info, debug, trace, or a tracing directive).
     #[arg(long, default_value = "info", env = "MIDGE_LOG")]
     log_level: String,
@@ -129,6 +147,14 @@ struct ServeArgs {
     /// Whether allow_anonymous was set explicitly (flag or file).
     #[arg(skip)]
     anonymous_given: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+enum SyncArg {
+    Always,
+    Interval,
+    Never,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
@@ -166,7 +192,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(mut args) => {
             let serve_matches = matches.subcommand_matches("serve").expect("serve was parsed");
-            apply_config_file(&mut args, serve_matches).and_then(|()| serve(args))
+            apply_config_file(&mut args, serve_matches).and_then(|()| serve(*args))
         }
         Command::Passwd(args) => passwd::run(args),
         Command::Certs(args) => certs::run(args),
@@ -199,6 +225,7 @@ fn apply_config_file(args: &mut ServeArgs, matches: &clap::ArgMatches) -> anyhow
     }
     take!(sys_interval, max_inflight, max_queued_messages, max_packet_size, topic_alias_maximum, max_keep_alive);
     take!(shared_strategy, log_level, allow_anonymous, webhook_timeout_ms, webhook_cache_seconds);
+    take!(data_dir, in_memory, sync, sync_interval_ms);
     if !given("webhook_checks")
         && let Some(checks) = file.webhook_checks
     {
@@ -283,7 +310,24 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 hooks.authorizer = webhook;
             }
         }
-        let broker = Broker::with_hooks(config, hooks);
+        let broker = match open_store(&args)? {
+            Some(store) => Broker::with_store(config, hooks, store),
+            None => Broker::with_hooks(config, hooks),
+        };
+        if !args.in_memory {
+            let found = broker.recover()?;
+            tracing::info!(
+                "store {}: recovered {} sessions ({} subscriptions, {} queued messages) and {} retained messages in {} ms",
+                args.data_dir.display(),
+                found.sessions,
+                found.subscriptions,
+                found.queued,
+                found.retained,
+                found.elapsed.as_millis()
+            );
+        } else {
+            tracing::info!("in memory only (--in-memory): nothing survives a restart");
+        }
         let bound = listener::bind(listener_specs(&args)).await?;
         tracing::info!("{} starting", midge_broker::VERSION);
         let mut accepts = Vec::new();
@@ -314,6 +358,22 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         tracing::info!("stopped");
         Ok(())
     })
+}
+
+/// Opens the store in --data-dir, unless --in-memory.
+fn open_store(args: &ServeArgs) -> anyhow::Result<Option<Arc<dyn Store>>> {
+    if args.in_memory {
+        return Ok(None);
+    }
+    let dir = &args.data_dir;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create the data directory {}", dir.display()))?;
+    let policy = match args.sync {
+        SyncArg::Always => SyncPolicy::Always,
+        SyncArg::Interval => SyncPolicy::Interval(Duration::from_millis(args.sync_interval_ms)),
+        SyncArg::Never => SyncPolicy::Never,
+    };
+    let store = RedbStore::open(&dir.join("midge.redb"), policy)?;
+    Ok(Some(Arc::new(store)))
 }
 
 /// Whether user names are checked (password file, or a webhook deciding logins).

@@ -122,7 +122,7 @@ fn serve_names_a_bad_password_file_line() {
     let dir = TempDir::new("passwd-bad");
     let file = dir.join("passwords");
     std::fs::write(&file, "alice:plaintext\n").unwrap();
-    let mut serve = midge(&["serve", "--port", "0", "--password-file", file.to_str().unwrap()]);
+    let mut serve = midge(&["serve", "--in-memory", "--port", "0", "--password-file", file.to_str().unwrap()]);
     assert_eq!(serve.wait_exit(WAIT).code(), Some(1), "{}", serve.transcript());
     assert!(serve.stderr().contains("password file line 1: the password is not hashed"), "{}", serve.transcript());
 }

@@ -21,7 +21,7 @@ fn midge(args: &[&str]) -> Process {
 /// does with no configuration): 127.0.0.1, and ::1 where the machine has IPv6.
 #[test]
 fn serve_listens_on_loopback_only_by_default() {
-    let mut serve = midge(&["serve", "--port", "0"]);
+    let mut serve = midge(&["serve", "--in-memory", "--port", "0"]);
     serve.wait_for_stderr_line("listening on mqtt://127.0.0.1:", WAIT);
     let ipv6 = TcpListener::bind("[::1]:0").is_ok();
     if ipv6 {
@@ -47,7 +47,7 @@ fn listening_port(line: &str) -> u16 {
 /// can connect. `--allow-anonymous` opens it, with a warning.
 #[test]
 fn a_non_loopback_listener_refuses_anonymous_clients_unless_allowed() {
-    let serve = midge(&["serve", "--bind", "0.0.0.0", "--port", "0"]);
+    let serve = midge(&["serve", "--in-memory", "--bind", "0.0.0.0", "--port", "0"]);
     let line = serve.wait_for_stderr_line("listening on mqtt://0.0.0.0:", WAIT);
     assert!(line.contains("anonymous clients refused"), "{line}");
     serve.wait_for_stderr_line("no client can connect", WAIT);
@@ -57,7 +57,7 @@ fn a_non_loopback_listener_refuses_anonymous_clients_unless_allowed() {
     assert_eq!(client.expect_connack().return_code, 5, "anonymous: not authorized");
     client.expect_closed_soon();
 
-    let mut open = midge(&["serve", "--bind", "0.0.0.0", "--port", "0", "--allow-anonymous"]);
+    let mut open = midge(&["serve", "--in-memory", "--bind", "0.0.0.0", "--port", "0", "--allow-anonymous"]);
     open.wait_for_stderr_line("is not loopback and anonymous clients are allowed", WAIT);
     let line = open.wait_for_stderr_line("listening on mqtt://0.0.0.0:", WAIT);
     let addr = SocketAddr::from(([127, 0, 0, 1], listening_port(&line)));
@@ -71,7 +71,7 @@ fn a_non_loopback_listener_refuses_anonymous_clients_unless_allowed() {
 fn a_port_in_use_is_an_error_with_exit_status_1() {
     let broker = Broker::start(env!("CARGO_BIN_EXE_midge"), &[]);
     let port = broker.port().to_string();
-    let mut serve = midge(&["serve", "--bind", "127.0.0.1", "--port", &port]);
+    let mut serve = midge(&["serve", "--in-memory", "--bind", "127.0.0.1", "--port", &port]);
     let status = serve.wait_exit(WAIT);
     assert_eq!(status.code(), Some(1), "{}", serve.transcript());
     assert!(
@@ -85,7 +85,7 @@ fn a_port_in_use_is_an_error_with_exit_status_1() {
 /// error (exit status 2).
 #[test]
 fn a_bad_flag_value_is_refused_with_exit_status_2() {
-    let mut serve = midge(&["serve", "--max-inflight", "0"]);
+    let mut serve = midge(&["serve", "--in-memory", "--max-inflight", "0"]);
     assert_eq!(serve.wait_exit(WAIT).code(), Some(2), "{}", serve.transcript());
     assert!(serve.stderr().contains("--max-inflight"), "{}", serve.transcript());
 }

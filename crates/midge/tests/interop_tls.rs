@@ -39,7 +39,7 @@ fn serve_tls(dir: &TempDir, certs: &str, extra: &str, top: &str) -> (Process, St
         ),
     )
     .unwrap();
-    let serve = midge(&["serve", "-c", conf.to_str().unwrap()]);
+    let serve = midge(&["serve", "--in-memory", "-c", conf.to_str().unwrap()]);
     let line = serve.wait_for_stderr_line("listening on mqtts://127.0.0.1:", WAIT);
     let rest = &line[line.find("127.0.0.1:").unwrap() + 10..];
     let port = rest[..rest.find(' ').unwrap()].to_owned();
@@ -194,7 +194,7 @@ fn config_file_mistakes_are_clear_errors() {
         ),
     ] {
         std::fs::write(&conf, text).unwrap();
-        let mut serve = midge(&["serve", "-c", conf.to_str().unwrap()]);
+        let mut serve = midge(&["serve", "--in-memory", "-c", conf.to_str().unwrap()]);
         assert_eq!(serve.wait_exit(WAIT).code(), Some(1), "{text}: {}", serve.transcript());
         assert!(serve.stderr().contains(message), "{text}: expected {message:?}: {}", serve.transcript());
     }
@@ -213,7 +213,7 @@ fn the_snippet_midge_certs_prints_works() {
     let snippet: String = printed[start..].lines().take_while(|l| !l.trim().is_empty()).collect::<Vec<_>>().join("\n");
     let conf = dir.join("midge.toml");
     std::fs::write(&conf, snippet.replace("port = 8883", "port = 0")).unwrap();
-    let serve = midge(&["serve", "-c", conf.to_str().unwrap()]);
+    let serve = midge(&["serve", "--in-memory", "-c", conf.to_str().unwrap()]);
     let line = serve.wait_for_stderr_line("listening on mqtts://0.0.0.0:", WAIT);
     let rest = &line[line.find("0.0.0.0:").unwrap() + 8..];
     let port = &rest[..rest.find(' ').unwrap()];

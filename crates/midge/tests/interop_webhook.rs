@@ -143,7 +143,7 @@ fn webhook_setting_mistakes_are_clear_errors() {
     ];
     for (args, message) in cases {
         let mut command = Command::new(env!("CARGO_BIN_EXE_midge"));
-        command.args(["serve", "--port", "0"]).args(args);
+        command.args(["serve", "--in-memory", "--port", "0"]).args(args);
         let mut serve = Process::spawn("midge serve", command);
         assert!(!serve.wait_exit(WAIT).success(), "{args:?} must fail");
         assert!(serve.stderr().contains(message), "{args:?}: {}", serve.transcript());

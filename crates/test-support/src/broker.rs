@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::process::{Command, ExitStatus};
 use std::time::Duration;
 
-use crate::Process;
+use crate::{Process, TempDir};
 
 /// What the broker prints once its MQTT listener is bound.
 const LISTENING: &str = "listening on mqtt://";
@@ -24,6 +24,9 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct Broker {
     process: Process,
     addr: SocketAddr,
+    /// The store's directory, when this harness chose it (removed on drop,
+    /// after the process).
+    _data: Option<TempDir>,
 }
 
 impl Broker {
@@ -33,10 +36,19 @@ impl Broker {
     /// # Panics
     /// If the process cannot be spawned, exits, or does not report a listener in
     /// time; the message includes everything it logged.
+    ///
+    /// Unless `args` say where the store is (`--data-dir` or `--in-memory`), the
+    /// broker gets a fresh data directory of its own, so every test runs
+    /// with persistence on, as `midge serve` does by default.
     pub fn start(bin: &str, args: &[&str]) -> Broker {
+        let chooses_store = args.iter().any(|a| matches!(*a, "--data-dir" | "--in-memory"));
+        let data = (!chooses_store).then(|| TempDir::new("data"));
         let mut command = Command::new(bin);
+        command.args(["serve", "--bind", "127.0.0.1", "--port", "0"]);
+        if let Some(data) = &data {
+            command.arg("--data-dir").arg(data.path());
+        }
         command
-            .args(["serve", "--bind", "127.0.0.1", "--port", "0"])
             .args(args)
             // Plain text, whatever the terminal: the log is searched for strings.
             .env("NO_COLOR", "1");
@@ -53,7 +65,7 @@ impl Broker {
             }
         });
         match found {
-            Some(Ok(addr)) => Broker { process, addr },
+            Some(Ok(addr)) => Broker { process, addr, _data: data },
             Some(Err(why)) => {
                 let status = process.try_wait_exit(Duration::from_secs(2));
                 panic!(
