@@ -487,6 +487,12 @@ impl Shared {
         // The stored session now says when the client left, and holds the
         // delayed will, so both survive a restart.
         self.store_session(session, &mut state, will_due);
+        tracing::debug!(
+            client_id = %session.client_id,
+            expiry = state.expiry_interval,
+            delayed_will = state.pending_will.is_some(),
+            "client left; session kept"
+        );
         // Shared-subscription messages this client has not taken go to
         // another member now rather than wait for it (v5 section 4.8.2).
         let orphans = state.take_shared(self.store());
