@@ -108,7 +108,10 @@ fn ten_thousand_acknowledged_messages_survive_sigkill() {
     let acked = runtime.block_on(publish_qos1(&mut broker, 10_000, 10_000));
     assert_eq!(acked.len(), 10_000);
     let broker = start(&data);
-    assert!(broker.log().contains("recovered 2 sessions (1 subscriptions, 10000 queued messages)"), "{}", broker.log());
+    let log = broker.log();
+    let recovered = log.lines().find(|l| l.contains("recovered")).unwrap_or_default();
+    assert!(recovered.contains("recovered 2 sessions (1 subscriptions, 10000 queued messages)"), "{log}");
+    println!("{recovered}");
     let got = runtime.block_on(collect(&broker, "subscriber", &acked));
     assert_eq!(got.len(), 10_000);
 }
@@ -297,4 +300,27 @@ fn retained_messages_and_delayed_wills_survive_sigkill() {
     let expected: BTreeSet<_> =
         [("kept/a".to_owned(), "replaced".to_owned()), ("kept/b".to_owned(), "second".to_owned())].into();
     assert_eq!(kept, expected);
+}
+
+/// One broker per data directory; a file that is not a store stops start-up with a
+/// message that says what to do, never an empty start.
+#[test]
+fn a_store_in_use_or_damaged_stops_start_up_with_a_clear_error() {
+    use std::process::Command;
+    let data = TempDir::new("persist-errors");
+    let first = start(&data);
+    let serve = |dir: &str| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_midge"));
+        command.args(["serve", "--bind", "127.0.0.1", "--port", "0", "--data-dir", dir]);
+        let mut process = midge_test_support::Process::spawn("midge serve", command);
+        assert!(!process.wait_exit(WAIT).success(), "{}", process.transcript());
+        process.stderr()
+    };
+    let message = serve(data.path().to_str().unwrap());
+    assert!(message.contains("in use by another process"), "{message}");
+    drop(first);
+    let damaged = TempDir::new("persist-damaged");
+    std::fs::write(damaged.join("midge.redb"), vec![0x5A; 100_000]).unwrap();
+    let message = serve(damaged.path().to_str().unwrap());
+    assert!(message.contains("move it (or its directory) aside"), "{message}");
 }

@@ -51,12 +51,16 @@ impl RedbStore {
     /// Opens (or creates) the store file at `path`. A file redb cannot
     /// read is an error, never an empty start.
     pub fn open(path: &Path, policy: SyncPolicy) -> Result<RedbStore, StoreError> {
-        let db = Database::builder().create(path).map_err(|e| {
-            StoreError(format!(
+        let db = Database::builder().create(path).map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => StoreError(format!(
+                "the store {} is in use by another process (one broker per data directory)",
+                path.display()
+            )),
+            e => StoreError(format!(
                 "cannot open the store {}: {e}. If the file is damaged, move it (or its directory) aside and \
                  start again; see docs/persistence.md",
                 path.display()
-            ))
+            )),
         })?;
         // Every table exists from the start, so reads never meet a missing one.
         let txn = db.begin_write().map_err(|e| StoreError(format!("store {}: {e}", path.display())))?;
