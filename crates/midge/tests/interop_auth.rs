@@ -7,7 +7,7 @@ mod interop_support;
 
 use std::process::Command;
 
-use interop_support::{TestBroker, WAIT, require_paho, require_success, start_broker, tests_dir};
+use interop_support::{TestBroker, WAIT, require_paho, require_success, run_python, start_broker};
 use midge_test_support::{Process, TempDir, build};
 
 /// The users `auth_v5.py` expects: sam (SCRAM-SHA-256), alice (mosquitto_passwd's
@@ -38,16 +38,7 @@ fn run_scenario(scenario: &str) {
     require_paho();
     let dir = TempDir::new(scenario);
     let broker = start_with_passwords(&dir);
-    let mut command = Command::new("python3");
-    command
-        .arg("-u")
-        .arg(tests_dir().join("python").join("auth_v5.py"))
-        .args(["127.0.0.1", &broker.port().to_string(), scenario])
-        .env("PYTHONDONTWRITEBYTECODE", "1");
-    let mut script = Process::spawn(&format!("auth {scenario}"), command);
-    script.wait_success(WAIT);
-    let passed = format!("passed: {scenario}");
-    assert!(script.stdout().contains(&passed), "the script did not report {passed:?}; {}", script.transcript());
+    run_python("auth_v5.py", &["127.0.0.1", &broker.port().to_string(), scenario], &format!("passed: {scenario}"));
 }
 
 /// v5 section 4.12: CONNECT with SCRAM-SHA-256 → AUTH 0x18 [MQTT-4.12.0-2] → AUTH 0x18
@@ -113,15 +104,7 @@ fn acl_file_rules_apply_to_publish_subscribe_delivery_retained_and_wills() {
     .unwrap();
     let broker = start_broker(&["--password-file", &file, "--acl-file", acl.to_str().unwrap()]);
     assert!(broker.log().contains("ACL file"), "{}", broker.log());
-    let mut command = Command::new("python3");
-    command
-        .arg("-u")
-        .arg(tests_dir().join("python").join("auth_v5.py"))
-        .args(["127.0.0.1", &broker.port().to_string(), "acl"])
-        .env("PYTHONDONTWRITEBYTECODE", "1");
-    let mut script = Process::spawn("auth acl", command);
-    script.wait_success(WAIT);
-    assert!(script.stdout().contains("passed: acl"), "{}", script.transcript());
+    run_python("auth_v5.py", &["127.0.0.1", &broker.port().to_string(), "acl"], "passed: acl");
 }
 
 /// Mosquitto's command-line clients against a password file, and `--allow-anonymous`.

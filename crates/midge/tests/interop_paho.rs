@@ -9,27 +9,16 @@
 
 mod interop_support;
 
-use std::process::Command;
-
-use interop_support::{WAIT, require_paho, start_broker, tests_dir};
-use midge_test_support::Process;
+use interop_support::{require_paho, run_python, start_broker};
 
 /// Runs `paho_interop.py 127.0.0.1 PORT SCENARIO --protocol PROTOCOL` against a
 /// fresh broker and fails the test unless the script passes.
 fn run_scenario(scenario: &str, protocol: &str) {
     require_paho();
     let broker = start_broker(&[]);
-    let mut command = Command::new("python3");
-    command
-        // Unbuffered, so that a script stopped at the time limit has shown its progress.
-        .arg("-u")
-        .arg(tests_dir().join("python").join("paho_interop.py"))
-        .args(["127.0.0.1", &broker.port().to_string(), scenario, "--protocol", protocol])
-        .env("PYTHONDONTWRITEBYTECODE", "1");
-    let mut script = Process::spawn(&format!("paho {scenario} over MQTT {protocol}"), command);
-    script.wait_success(WAIT);
+    let port = broker.port().to_string();
     let passed = format!("passed: {scenario} over MQTT {protocol}");
-    assert!(script.stdout().contains(&passed), "the script did not report {passed:?}; {}", script.transcript());
+    run_python("paho_interop.py", &["127.0.0.1", &port, scenario, "--protocol", protocol], &passed);
 }
 
 #[test]

@@ -6,10 +6,7 @@
 
 mod interop_support;
 
-use std::process::Command;
-
-use interop_support::{WAIT, require_paho, start_broker, tests_dir};
-use midge_test_support::Process;
+use interop_support::{require_paho, run_python, start_broker};
 
 fn run_scenario(scenario: &str) {
     run_scenario_with(scenario, &[]);
@@ -18,16 +15,7 @@ fn run_scenario(scenario: &str) {
 fn run_scenario_with(scenario: &str, broker_args: &[&str]) {
     require_paho();
     let broker = start_broker(broker_args);
-    let mut command = Command::new("python3");
-    command
-        .arg("-u")
-        .arg(tests_dir().join("python").join("paho_v5.py"))
-        .args(["127.0.0.1", &broker.port().to_string(), scenario])
-        .env("PYTHONDONTWRITEBYTECODE", "1");
-    let mut script = Process::spawn(&format!("paho v5 {scenario}"), command);
-    script.wait_success(WAIT);
-    let passed = format!("passed: {scenario}");
-    assert!(script.stdout().contains(&passed), "the script did not report {passed:?}; {}", script.transcript());
+    run_python("paho_v5.py", &["127.0.0.1", &broker.port().to_string(), scenario], &format!("passed: {scenario}"));
 }
 
 /// v5 [MQTT-3.8.3-3]: with No Local, a client's own messages are not sent back to it.

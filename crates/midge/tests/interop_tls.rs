@@ -7,7 +7,7 @@ mod interop_support;
 
 use std::process::Command;
 
-use interop_support::{WAIT, require_paho, tests_dir};
+use interop_support::{WAIT, require_paho, run_python};
 use midge_test_support::{Process, TempDir};
 
 fn midge(args: &[&str]) -> Process {
@@ -228,18 +228,13 @@ fn the_snippet_midge_certs_prints_works() {
 /// Runs `tests/python/tls.py` (paho-mqtt over Python's ssl) against `port`.
 fn paho(port: &str, scenario: &str, ca: &str, client: Option<&str>, protocol: &str) {
     require_paho();
-    let mut command = Command::new("python3");
-    command
-        .arg("-u")
-        .arg(tests_dir().join("python").join("tls.py"))
-        .args(["127.0.0.1", port, scenario, "--ca", &format!("{ca}/ca.crt"), "--protocol", protocol])
-        .env("PYTHONDONTWRITEBYTECODE", "1");
-    if let Some(client) = client {
-        command.args(["--cert", &format!("{client}/client.crt"), "--key", &format!("{client}/client.key")]);
+    let ca = format!("{ca}/ca.crt");
+    let mut args = vec!["127.0.0.1", port, scenario, "--ca", &ca, "--protocol", protocol];
+    let files = client.map(|c| (format!("{c}/client.crt"), format!("{c}/client.key")));
+    if let Some((cert, key)) = &files {
+        args.extend(["--cert", cert, "--key", key]);
     }
-    let mut script = Process::spawn(&format!("paho tls {scenario}"), command);
-    script.wait_success(WAIT);
-    assert!(script.stdout().contains(&format!("passed: {scenario}")), "{}", script.transcript());
+    run_python("tls.py", &args, &format!("passed: {scenario}"));
 }
 
 /// Python paho (OpenSSL underneath) with `midge certs` output: 3.1.1 and 5 work with a

@@ -8,7 +8,7 @@ mod interop_support;
 
 use std::process::Command;
 
-use interop_support::{WAIT, require_paho, start_broker, tests_dir};
+use interop_support::{WAIT, require_paho, run_python, start_broker, tests_dir};
 use midge_test_support::{Process, TempDir};
 
 /// Starts the webhook service (https with `tls`: certificate and key files); returns
@@ -50,15 +50,7 @@ fn the_webhook_decides_logins_publishes_and_subscriptions() {
         "{}",
         broker.log()
     );
-    let mut command = Command::new("python3");
-    command
-        .arg("-u")
-        .arg(tests_dir().join("python").join("auth_v5.py"))
-        .args(["127.0.0.1", &broker.port().to_string(), "webhook"])
-        .env("PYTHONDONTWRITEBYTECODE", "1");
-    let mut script = Process::spawn("auth webhook", command);
-    script.wait_success(WAIT);
-    assert!(script.stdout().contains("passed: webhook"), "{}", script.transcript());
+    run_python("auth_v5.py", &["127.0.0.1", &broker.port().to_string(), "webhook"], "passed: webhook");
 
     let seen = requests(&server);
     let login =

@@ -13,7 +13,7 @@ use std::process::{Command, Stdio};
 use std::thread;
 use std::time::Duration;
 
-use midge_test_support::Broker;
+use midge_test_support::{Broker, Process};
 
 /// How long a test waits for an external client to do something that should happen.
 /// Generous: starting Python or Node on a machine busy compiling can take seconds.
@@ -83,6 +83,18 @@ pub(crate) fn require_success(program: &str, args: &[&str], installs: &str) {
         ),
         Err(err) => panic!("cannot run {program}: {err}\nrun ./scripts/test, which installs {installs}"),
     }
+}
+
+/// Runs `python3 -u tests/python/SCRIPT ARGS…` to the end and fails the test unless
+/// it exits 0 and prints the line `passed` (each script says so only after its last
+/// check). Unbuffered, so a script stopped at the time limit has shown its progress.
+pub(crate) fn run_python(script: &str, args: &[&str], passed: &str) -> Process {
+    let mut command = Command::new("python3");
+    command.arg("-u").arg(tests_dir().join("python").join(script)).args(args).env("PYTHONDONTWRITEBYTECODE", "1");
+    let mut process = Process::spawn(&format!("{script} {}", args.join(" ")), command);
+    process.wait_success(WAIT);
+    assert!(process.stdout().contains(passed), "the script did not report {passed:?}; {}", process.transcript());
+    process
 }
 
 /// Fails the test unless `path` exists.
