@@ -563,11 +563,12 @@ fn meter(dev: &str) -> Meter {
     let nums = |l: &str, skip| -> Vec<u64> { l.split_whitespace().skip(skip).filter_map(|f| f.parse().ok()).collect() };
     let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
     let me = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let f = nums(me.rsplit(')').next().unwrap_or(""), 0);
+    let f: Vec<&str> = me.rsplit(')').next().unwrap_or("").split_whitespace().collect(); // after "(comm)"
+    let field = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
     let disks = std::fs::read_to_string("/proc/diskstats").unwrap_or_default();
     let disk = disks.lines().find(|l| l.split_whitespace().nth(2) == Some(dev)).map_or(0, |l| nums(l, 3)[6] * 512);
     let user = nums(stat.lines().next().unwrap_or(""), 1).iter().take(2).sum();
-    Meter { user, mine: f[11] + f[13], disk, io: io_written(), at: Instant::now() }
+    Meter { user, mine: field(11) + field(13), /* utime, cutime */ disk, io: io_written(), at: Instant::now() }
 }
 
 fn noise(out: &mut String, dev: &str, m0: &mut Meter) {
