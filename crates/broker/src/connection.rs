@@ -1056,10 +1056,7 @@ impl Conn {
         if let Some(i) = state.inflight_position(id) {
             let entry = &state.inflight[i];
             if entry.state == expected && entry.delivery.qos == qos {
-                let done = state.inflight.remove(i).expect("position is valid");
-                if let (Some(store), seq @ 1..) = (self.shared.store(), done.delivery.seq) {
-                    persist::delete_queued(store, state.sid, seq);
-                }
+                state.remove_inflight(i, self.shared.store());
             }
         }
     }
@@ -1170,10 +1167,7 @@ impl Conn {
         if let Some(id) = packet_id {
             let mut state = self.session.state.lock();
             if let Some(i) = state.inflight_position(id) {
-                let done = state.inflight.remove(i).expect("position is valid");
-                if let (Some(store), seq @ 1..) = (self.shared.store(), done.delivery.seq) {
-                    persist::delete_queued(store, state.sid, seq);
-                }
+                state.remove_inflight(i, self.shared.store());
             }
         }
     }

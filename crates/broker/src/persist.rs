@@ -63,23 +63,28 @@ pub(crate) fn now_unix_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
-/// A message as stored: expiry (absolute), then the PUBLISH packet.
-pub(crate) fn encode_message(message: &Message, out: &mut BytesMut) {
-    out.put_u8(VERSION);
-    let expires = message.expires_at.map_or(0, |at| to_unix_ms(at, Instant::now(), SystemTime::now()));
-    out.put_u64(expires);
-    let publish = Publish {
-        dup: false,
-        qos: message.qos,
-        retain: message.retain,
-        topic: message.topic.clone(),
-        packet_id: (message.qos != QoS::AtMostOnce).then(|| PacketId::new(1).expect("1 is not 0")),
-        properties: message.properties.clone(),
-        payload: message.payload.clone(),
-    };
-    // Cannot fail: the message came in as a valid PUBLISH (or was made by
-    // the broker) and the store has no size limit.
-    let _ = encode_publish(&publish, ProtocolVersion::V5, out);
+/// A message as stored: expiry (absolute), then the PUBLISH packet. Made
+/// once per message and shared by every record that holds it.
+pub(crate) fn stored_form(message: &Message) -> &Bytes {
+    message.stored.get_or_init(|| {
+        let mut out = BytesMut::with_capacity(16 + message.topic.len() + message.payload.len());
+        out.put_u8(VERSION);
+        let expires = message.expires_at.map_or(0, |at| to_unix_ms(at, Instant::now(), SystemTime::now()));
+        out.put_u64(expires);
+        let publish = Publish {
+            dup: false,
+            qos: message.qos,
+            retain: message.retain,
+            topic: message.topic.clone(),
+            packet_id: (message.qos != QoS::AtMostOnce).then(|| PacketId::new(1).expect("1 is not 0")),
+            properties: message.properties.clone(),
+            payload: message.payload.clone(),
+        };
+        // Cannot fail: the message came in as a valid PUBLISH (or was made by
+        // the broker) and the store has no size limit.
+        let _ = encode_publish(&publish, ProtocolVersion::V5, &mut out);
+        out.freeze()
+    })
 }
 
 fn decode_message(buf: &mut Bytes) -> Result<Message, String> {
@@ -101,7 +106,8 @@ fn decode_message(buf: &mut Bytes) -> Result<Message, String> {
 
 /// Queued for a session: the delivery's own fields, then the message.
 pub(crate) fn put_queued(store: &dyn Store, sid: u64, seq: u64, delivery: &Delivery) {
-    let mut out = BytesMut::with_capacity(32 + delivery.message.payload.len() + delivery.message.topic.len());
+    let message = stored_form(&delivery.message);
+    let mut out = BytesMut::with_capacity(8 + 4 * delivery.subscription_ids.len() + message.len());
     out.put_u8(VERSION);
     out.put_u8(delivery.qos as u8);
     out.put_u8(u8::from(delivery.retain));
@@ -109,7 +115,7 @@ pub(crate) fn put_queued(store: &dyn Store, sid: u64, seq: u64, delivery: &Deliv
     for id in delivery.subscription_ids.iter().take(usize::from(u16::MAX)) {
         out.put_u32(*id);
     }
-    encode_message(&delivery.message, &mut out);
+    out.put_slice(message);
     store.write(StoreOp::Put(Table::Queue, queue_key(sid, seq), out.freeze()));
 }
 
@@ -140,9 +146,7 @@ pub(crate) fn delete_awaiting_rel(store: &dyn Store, sid: u64, packet_id: u16) {
 }
 
 pub(crate) fn put_retained(store: &dyn Store, message: &Message) {
-    let mut out = BytesMut::with_capacity(16 + message.payload.len() + message.topic.len());
-    encode_message(message, &mut out);
-    store.write(StoreOp::Put(Table::Retained, message.topic.as_bytes().to_vec(), out.freeze()));
+    store.write(StoreOp::Put(Table::Retained, message.topic.as_bytes().to_vec(), stored_form(message).clone()));
 }
 
 pub(crate) fn delete_retained(store: &dyn Store, topic: &str) {
@@ -233,7 +237,7 @@ pub(crate) fn put_session<'a>(
         Some((due, message)) => {
             out.put_u8(1);
             out.put_u64(due);
-            encode_message(message, &mut out);
+            out.put_slice(stored_form(message));
         }
     }
     store.write(StoreOp::Put(Table::Sessions, session_key(sid), out.freeze()));
@@ -408,9 +412,7 @@ mod tests {
     #[test]
     fn messages_round_trip_with_their_expiry() {
         let m = message(Some(60));
-        let mut out = BytesMut::new();
-        encode_message(&m, &mut out);
-        let back = decode_message(&mut out.freeze()).unwrap();
+        let back = decode_message(&mut stored_form(&m).clone()).unwrap();
         assert_eq!(
             (back.topic.as_str(), &back.payload[..], back.qos, back.retain),
             ("a/b", &b"hello"[..], QoS::ExactlyOnce, true)

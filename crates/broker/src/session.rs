@@ -39,6 +39,9 @@ pub(crate) struct Message {
     /// From the v5 Message Expiry Interval: past it, the message is not
     /// delivered [MQTT-3.3.2-5].
     pub(crate) expires_at: Option<Instant>,
+    /// The message as the store keeps it, made once however many stored
+    /// sessions it goes to (see `persist::stored_form`).
+    pub(crate) stored: std::sync::OnceLock<Bytes>,
 }
 
 impl Message {
@@ -51,7 +54,7 @@ impl Message {
     ) -> Message {
         let expires_at =
             properties.message_expiry_interval.map(|secs| Instant::now() + Duration::from_secs(u64::from(secs)));
-        Message { topic, payload, qos, retain, properties, expires_at }
+        Message { topic, payload, qos, retain, properties, expires_at, stored: std::sync::OnceLock::new() }
     }
 
     pub(crate) fn is_expired(&self, now: Instant) -> bool {
@@ -315,10 +318,8 @@ impl SessionState {
         let mut taken = self.take_shared_deliveries();
         if let Some(store) = store {
             for delivery in &mut taken {
-                if delivery.seq != 0 {
-                    persist::delete_queued(store, self.sid, delivery.seq);
-                    delivery.seq = 0;
-                }
+                self.forget(Some(store), delivery.seq);
+                delivery.seq = 0;
             }
         }
         taken
@@ -373,9 +374,7 @@ impl SessionState {
         let mut qos2_stored = false;
         while let Some(front) = self.queue.front() {
             if front.message.is_expired(now) {
-                if let (Some(store), seq @ 1..) = (store, front.seq) {
-                    persist::delete_queued(store, self.sid, seq);
-                }
+                self.forget(store, front.seq);
                 self.queue.pop_front();
                 continue;
             }
@@ -397,6 +396,23 @@ impl SessionState {
             out.push((d, Some(id)));
         }
         qos2_stored
+    }
+
+    /// Deletes a delivery's stored copy, if it has one (`seq` 0: none).
+    fn forget(&self, store: Option<&dyn Store>, seq: u64) {
+        if let Some(store) = store
+            && seq != 0
+        {
+            persist::delete_queued(store, self.sid, seq);
+        }
+    }
+
+    /// Ends the flow of the in-flight message at `i` (acknowledged, or not
+    /// to be sent after all), with its stored copy.
+    pub(crate) fn remove_inflight(&mut self, i: usize, store: Option<&dyn Store>) {
+        if let Some(done) = self.inflight.remove(i) {
+            self.forget(store, done.delivery.seq);
+        }
     }
 
     /// Finds an in-flight message by id; acks usually come in order, so the

@@ -22,6 +22,8 @@ import queue
 import socket
 import sys
 
+from scenario import Failure, check, run
+
 TIMEOUT = 10.0
 METHOD = "SCRAM-SHA-256"
 
@@ -30,16 +32,6 @@ CONNECT, CONNACK, PUBLISH_QOS1, PUBACK, SUBSCRIBE, SUBACK, PUBLISH, DISCONNECT, 
     0x10, 0x20, 0x32, 0x40, 0x82, 0x90, 0x30, 0xE0, 0xF0)
 # Property identifiers.
 AUTH_METHOD, AUTH_DATA, REASON_STRING = 0x15, 0x16, 0x1F
-
-
-class Failure(Exception):
-    pass
-
-
-def check(condition, message):
-    if not condition:
-        raise Failure(message)
-    print(f"ok: {message}", flush=True)
 
 
 # --- a minimal MQTT 5 wire format -------------------------------------------
@@ -523,16 +515,5 @@ SCENARIOS = {
 }
 
 
-def main():
-    host, port, scenario = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-    try:
-        SCENARIOS[scenario](host, port)
-    except Failure as failure:
-        print(f"FAIL: {failure}", file=sys.stderr, flush=True)
-        sys.exit(1)
-    print(f"passed: {scenario}", flush=True)
-    sys.exit(0)
-
-
 if __name__ == "__main__":
-    main()
+    run(SCENARIOS)

@@ -14,6 +14,8 @@ import sys
 import time
 import uuid
 
+from scenario import Failure, check, run
+
 try:
     import paho.mqtt.client as mqtt
     from paho.mqtt.enums import CallbackAPIVersion
@@ -25,16 +27,6 @@ except ImportError as err:
     sys.exit(2)
 
 TIMEOUT = 10.0
-
-
-class Failure(Exception):
-    pass
-
-
-def check(condition, message):
-    if not condition:
-        raise Failure(message)
-    print(f"ok: {message}", flush=True)
 
 
 class Peer:
@@ -609,16 +601,5 @@ SCENARIOS = {
 }
 
 
-def main():
-    host, port, scenario = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-    try:
-        SCENARIOS[scenario](host, port)
-    except Failure as failure:
-        print(f"FAIL: {failure}", file=sys.stderr, flush=True)
-        sys.exit(1)
-    print(f"passed: {scenario}", flush=True)
-    sys.exit(0)
-
-
 if __name__ == "__main__":
-    main()
+    run(SCENARIOS)
