@@ -52,8 +52,8 @@ impl Router {
         match SharedFilter::parse(filter) {
             Ok(Some(shared)) => {
                 let name = format!("{}/{}", shared.group, shared.filter);
-                let group = self.groups.entry(name).or_insert_with(|| {
-                    let group = Arc::new(SharedGroup::new());
+                let group = self.groups.entry(name).or_insert_with_key(|name| {
+                    let group = Arc::new(SharedGroup::new(name));
                     self.index.insert(shared.filter, Subscriber::Shared(group.clone()), Grant::default());
                     group
                 });
@@ -61,6 +61,11 @@ impl Router {
             }
             _ => self.index.insert(filter, Subscriber::Session(member), grant),
         }
+    }
+
+    /// The share group named `{group}/{filter}`, while it has members.
+    pub(crate) fn group(&self, name: &str) -> Option<Arc<SharedGroup>> {
+        self.groups.get(name).cloned()
     }
 
     fn unsubscribe(&mut self, session: &Arc<Session>, filter: &str) {
@@ -103,7 +108,7 @@ pub(crate) struct Shared {
     pub(crate) logins: Arc<LoginThrottle>,
     /// Client id → session, for takeover and resumption.
     sessions: Mutex<HashMap<Arc<str>, Arc<Session>>>,
-    router: RwLock<Router>,
+    pub(crate) router: RwLock<Router>,
     /// Topic name → last retained message.
     retained: RwLock<HashMap<Box<str>, Arc<Message>>>,
     next_connection_id: AtomicU64,
@@ -303,7 +308,7 @@ impl Broker {
     pub fn recover(&self) -> Result<Recovery, StoreError> {
         let Some(store) = self.shared.store.clone() else { return Ok(Recovery::default()) };
         let started = Instant::now();
-        let recovered = persist::load(store.as_ref())?;
+        let recovered = persist::load(store.as_ref(), self.shared.config.max_queued_in_memory)?;
         let mut report = Recovery { retained: recovered.retained.len(), ..Recovery::default() };
         {
             let mut retained = self.shared.retained.write();
@@ -313,7 +318,7 @@ impl Broker {
         }
         for session in recovered.sessions {
             report.sessions += 1;
-            report.queued += session.queued.len();
+            report.queued += session.queued.len() + usize::try_from(session.spilled).unwrap_or(usize::MAX);
             report.subscriptions += session.record.subscriptions.len();
             self.shared.restore_session(session);
         }
@@ -362,7 +367,9 @@ impl Shared {
     /// records when the client left.
     pub(crate) fn store_session(&self, session: &Session, state: &mut SessionState, will_due: Option<u64>) {
         let Some(store) = self.store() else { return };
-        if state.ends_with_connection() || state.discarded {
+        // A session that ends with its connection is not stored, unless it
+        // still has a backlog in the store (it is removed when it ends).
+        if state.discarded || (state.ends_with_connection() && state.spilled == 0) {
             if state.stored {
                 persist::end_session(store, state.sid);
                 state.stored = false;
@@ -495,7 +502,7 @@ impl Shared {
         );
         // Shared-subscription messages this client has not taken go to
         // another member now rather than wait for it (v5 section 4.8.2).
-        let orphans = state.take_shared(self.store());
+        let orphans = state.take_shared();
         drop((state, sessions));
         self.reroute_shared(session, orphans);
         if let Some(message) = will_now {
@@ -515,25 +522,31 @@ impl Shared {
         let session =
             Arc::new(Session::new(record.client_id.into(), restored.sid, record.expiry_interval, record.protocol));
         let filters: Vec<(String, Grant)> = record.subscriptions;
+        {
+            let mut router = self.router.write();
+            for (filter, grant) in &filters {
+                router.subscribe(&session, filter, *grant);
+            }
+        }
+        // Deliveries picked for a share group are that group's again.
+        let deliveries: Vec<_> = {
+            let router = self.router.read();
+            let groups = |name: &str| router.group(name);
+            restored.queued.into_iter().map(|q| (q.sent, q.into_delivery(&groups))).collect()
+        };
         let mut will_left = None;
         {
             let mut state = session.state.lock();
             state.stored = true;
             // Connection ids start at 1: 0 means "restored, nobody attached since".
             state.detached_by = 0;
-            state.next_seq = restored.queued.last().map_or(1, |q| q.seq + 1);
+            state.next_seq = restored.next_seq;
+            state.spilled = restored.spilled;
+            state.spill_from = restored.spill_from;
             state.subscriptions = filters.iter().cloned().collect();
             state.awaiting_rel = restored.awaiting_rel.into_iter().collect();
-            for q in restored.queued {
-                let delivery = Delivery {
-                    message: Arc::new(q.message),
-                    qos: q.qos,
-                    retain: q.retain,
-                    subscription_ids: q.subscription_ids,
-                    shared: None,
-                    seq: q.seq,
-                };
-                match q.sent {
+            for (sent, delivery) in deliveries {
+                match sent {
                     Some((packet_id, sent_state)) => {
                         state.inflight.push_back(crate::session::Inflight { packet_id, delivery, state: sent_state });
                     }
@@ -548,12 +561,6 @@ impl Shared {
             if record.disconnected_at == 0 {
                 let due = will_left.map(|left| now + u64::try_from(left.as_millis()).unwrap_or(0));
                 self.store_session(&session, &mut state, due);
-            }
-        }
-        {
-            let mut router = self.router.write();
-            for (filter, grant) in &filters {
-                router.subscribe(&session, filter, *grant);
             }
         }
         self.sessions.lock().insert(session.client_id.clone(), session.clone());
@@ -648,26 +655,30 @@ impl Shared {
             return;
         }
         let from = SessionRef(from.clone());
-        let max_queued = self.config.max_queued_messages;
         let mut kept = Vec::new();
+        let mut moved = Vec::new();
         for delivery in orphans {
             let Some(group) = delivery.shared.clone() else { continue };
             match group.pick(self.config.shared_strategy, Some(&from)) {
                 Some((member, grant)) => {
                     let qos = delivery.message.qos.min(grant.options.qos);
                     let subscription_ids = grant.identifier.into_iter().collect();
+                    moved.push(delivery.seq);
                     // Another client: a new delivery, not a re-send, so DUP is 0.
-                    let delivery = Delivery { qos, subscription_ids, ..delivery };
-                    if member.0.enqueue(delivery, max_queued, self.store()) == Enqueued::DroppedQueueFull {
-                        Metrics::inc(&self.metrics.dropped_queue_full);
-                    }
+                    let delivery = Delivery { qos, subscription_ids, seq: 0, ..delivery };
+                    self.count_enqueue(member.0.enqueue(delivery, &self.config, self.store()));
                 }
                 None => kept.push(delivery),
             }
         }
         let mut state = from.0.state.lock();
         if !state.discarded {
-            // Back where they were, ahead of anything newer.
+            // Moved messages are stored with their new member by now.
+            for seq in moved {
+                state.forget(self.store(), seq);
+            }
+            // Kept ones go back where they were, ahead of anything newer,
+            // still stored.
             for delivery in kept.into_iter().rev() {
                 state.queue.push_front(delivery);
             }
@@ -778,7 +789,6 @@ impl Shared {
                 }
             });
         }
-        let max_queued = self.config.max_queued_messages;
         let mut matched = targets.len();
         // Each share group gives the message to one member, separately from
         // that member's own subscriptions (v5 section 4.8.2).
@@ -793,7 +803,7 @@ impl Shared {
                 shared: Some(group.clone()),
                 seq: 0,
             };
-            self.count_enqueue(member.0.enqueue(delivery, max_queued, self.store()));
+            self.count_enqueue(member.0.enqueue(delivery, &self.config, self.store()));
         }
         for target in targets {
             // RETAIN is cleared on normal delivery [MQTT-3.3.1-9] unless the
@@ -809,7 +819,7 @@ impl Shared {
                 shared: None,
                 seq: 0,
             };
-            self.count_enqueue(target.session.0.enqueue(delivery, max_queued, self.store()));
+            self.count_enqueue(target.session.0.enqueue(delivery, &self.config, self.store()));
         }
         matched
     }

@@ -16,6 +16,11 @@ pub struct BrokerConfig {
     /// offline (Mosquitto's `max_queued_messages`, default 1000). When full,
     /// the newest message is dropped and counted, as Mosquitto does.
     pub max_queued_messages: usize,
+    /// Messages of a stored session's queue kept in memory (default 1000);
+    /// the rest of its backlog waits in the store and is read back as the
+    /// client takes messages, so a long queue costs disk, not memory.
+    /// Without a store every queued message is in memory.
+    pub max_queued_in_memory: usize,
     /// Largest packet accepted from a client, fixed header included.
     /// Default 1 MiB; the protocol maximum is 268,435,460 bytes.
     pub max_packet_size: u32,
@@ -46,6 +51,7 @@ impl Default for BrokerConfig {
         BrokerConfig {
             max_inflight: 20,
             max_queued_messages: 1000,
+            max_queued_in_memory: 1000,
             max_packet_size: 1024 * 1024,
             topic_alias_maximum: 10,
             shared_strategy: SharedStrategy::RoundRobin,

@@ -32,8 +32,8 @@ use crate::broker::{Origin, Shared};
 use crate::metrics::Metrics;
 use crate::persist;
 use crate::router::Grant;
-use crate::session::{Delivery, InflightState, Kick, Message, Session};
-use crate::store::StoreError;
+use crate::session::{Delivery, InflightState, Kick, Message, Refill, Session};
+use crate::store::{StoreError, Table};
 use crate::throttle::{Admission, Ticket};
 
 /// Why a connection ended. Decides whether the will is published.
@@ -504,6 +504,7 @@ where
         reauth: None,
         reauth_data: None,
         needs_durable: false,
+        page_in: None,
     };
     conn.resend_inflight();
     let keep_alive = (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500));
@@ -563,6 +564,9 @@ struct Conn {
     /// Store writes were made that must be durable before `wbuf` goes out
     /// (it holds their acknowledgements).
     needs_durable: bool,
+    /// The session's in-memory queue ran dry with a backlog in the store:
+    /// read it from (session, sequence).
+    page_in: Option<Refill>,
 }
 
 impl Conn {
@@ -595,6 +599,13 @@ impl Conn {
         // Anything already queued for a resumed session goes out now.
         self.drain();
         loop {
+            if let Some(refill) = self.page_in.take() {
+                if let Err(e) = self.page_in(refill).await {
+                    self.wbuf.clear();
+                    return Close::Store(e);
+                }
+                self.drain();
+            }
             if self.needs_durable {
                 self.needs_durable = false;
                 if let Some(store) = &self.shared.store
@@ -1019,14 +1030,13 @@ impl Conn {
         let suback = SubAck { packet_id: subscribe.packet_id, properties: AckProperties::default(), reason_codes };
         self.send(&Packet::SubAck(suback));
         // Retained messages follow the SUBACK, flagged RETAIN=1 [MQTT-3.3.1-6], [MQTT-3.3.1-8].
-        let max_queued = self.shared.config.max_queued_messages;
         let subscription_ids: Vec<u32> = subscribe.properties.subscription_identifier.into_iter().collect();
         for sub in granted {
             for message in self.shared.retained_matching(&sub.topic_filter) {
                 let qos = message.qos.min(sub.options.qos);
                 let subscription_ids = subscription_ids.clone();
                 let delivery = Delivery { message, qos, retain: true, subscription_ids, shared: None, seq: 0 };
-                self.session.enqueue(delivery, max_queued, self.shared.store());
+                self.session.enqueue(delivery, &self.shared.config, self.shared.store());
             }
         }
         Ok(())
@@ -1097,6 +1107,33 @@ impl Conn {
         self.wbuf = out;
     }
 
+    /// Reads the next part of the session's backlog from the store into its
+    /// in-memory queue.
+    async fn page_in(&mut self, refill: Refill) -> Result<(), StoreError> {
+        let Some(store) = self.shared.store.clone() else { return Ok(()) };
+        let limit = self.shared.config.max_queued_in_memory.max(1);
+        let (start, end) = (persist::queue_key(refill.sid, refill.from), persist::queue_key(refill.sid, refill.to));
+        let records = store.scan(Table::Queue, start, end, limit).await?;
+        let complete = records.len() < limit;
+        let mut read = Vec::with_capacity(records.len());
+        for (key, value) in &records {
+            let record = persist::read_queued(key, value).map_err(|e| {
+                StoreError(format!("the store's queue table has a record it cannot read (key {key:02x?}): {e}"))
+            })?;
+            read.push(record);
+        }
+        let deliveries: Vec<Delivery> = {
+            let router = self.shared.router.read();
+            let groups = |name: &str| router.group(name);
+            read.into_iter().map(|record| record.into_delivery(&groups)).collect()
+        };
+        let mut state = self.session.state.lock();
+        if state.sid == refill.sid && !state.discarded {
+            state.refill(refill, complete, deliveries);
+        }
+        Ok(())
+    }
+
     /// Moves what the in-flight window allows from the session queue to `wbuf`.
     fn drain(&mut self) {
         let now = std::time::Instant::now();
@@ -1108,6 +1145,7 @@ impl Conn {
             if state.take_sendable(self.window, now, &mut self.sendable, self.shared.store()) {
                 self.needs_durable = true;
             }
+            self.page_in = state.refill_from(self.window);
         }
         let mut sent = 0;
         let mut sendable = std::mem::take(&mut self.sendable);

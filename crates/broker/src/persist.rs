@@ -21,8 +21,11 @@ use midge_codec::{
     Packet, PacketId, ProtocolVersion, Publish, QoS, RetainHandling, SubscriptionOptions, decode, encode_publish,
 };
 
+use std::sync::Arc;
+
 use crate::router::Grant;
 use crate::session::{Delivery, InflightState, Message};
+use crate::shared::SharedGroup;
 use crate::store::{Store, StoreError, StoreOp, Table};
 
 const VERSION: u8 = 1;
@@ -104,17 +107,24 @@ fn decode_message(buf: &mut Bytes) -> Result<Message, String> {
     Ok(message)
 }
 
-/// Queued for a session: the delivery's own fields, then the message.
+/// Version 2 of a queue record adds the share group.
+const QUEUE_VERSION: u8 = 2;
+
+/// Queued for a session: the delivery's own fields (with the share group it
+/// was picked for, so it can still go to another member after a restart),
+/// then the message.
 pub(crate) fn put_queued(store: &dyn Store, sid: u64, seq: u64, delivery: &Delivery) {
     let message = stored_form(&delivery.message);
-    let mut out = BytesMut::with_capacity(8 + 4 * delivery.subscription_ids.len() + message.len());
-    out.put_u8(VERSION);
+    let group = delivery.shared.as_ref().map_or("", |g| &g.name);
+    let mut out = BytesMut::with_capacity(10 + 4 * delivery.subscription_ids.len() + group.len() + message.len());
+    out.put_u8(QUEUE_VERSION);
     out.put_u8(delivery.qos as u8);
     out.put_u8(u8::from(delivery.retain));
     out.put_u16(u16::try_from(delivery.subscription_ids.len()).unwrap_or(u16::MAX));
     for id in delivery.subscription_ids.iter().take(usize::from(u16::MAX)) {
         out.put_u32(*id);
     }
+    put_str(&mut out, group);
     out.put_slice(message);
     store.write(StoreOp::Put(Table::Queue, queue_key(sid, seq), out.freeze()));
 }
@@ -283,17 +293,40 @@ impl SessionRecord {
 }
 
 /// A queued message as read back.
+#[derive(Debug)]
 pub(crate) struct QueuedRecord {
     pub(crate) seq: u64,
     pub(crate) qos: QoS,
     pub(crate) retain: bool,
     pub(crate) subscription_ids: Vec<u32>,
+    /// The share group (`{group}/{filter}`) it was picked for, if any.
+    pub(crate) group: Option<String>,
     pub(crate) message: Message,
     pub(crate) sent: Option<(PacketId, InflightState)>,
 }
 
-fn read_queued(seq: u64, mut buf: Bytes) -> Result<QueuedRecord, String> {
-    if buf.remaining() < 5 || buf.get_u8() != VERSION {
+impl QueuedRecord {
+    /// The delivery again; its share group, looked up by name, if it still
+    /// has members.
+    pub(crate) fn into_delivery(self, groups: &dyn Fn(&str) -> Option<Arc<SharedGroup>>) -> Delivery {
+        Delivery {
+            message: Arc::new(self.message),
+            qos: self.qos,
+            retain: self.retain,
+            subscription_ids: self.subscription_ids,
+            shared: self.group.as_deref().and_then(groups),
+            seq: self.seq,
+        }
+    }
+}
+
+/// Reads a queue record: `key` is (session, sequence).
+pub(crate) fn read_queued(key: &[u8], value: &[u8]) -> Result<QueuedRecord, String> {
+    let (_, rest) = split_key(key)?;
+    let seq = u64_of(rest)?;
+    let mut buf = Bytes::copy_from_slice(value);
+    let version = buf.try_get_u8().map_err(|_| "truncated")?;
+    if !(1..=QUEUE_VERSION).contains(&version) || buf.remaining() < 4 {
         return Err("queue record of an unknown version".into());
     }
     let qos = QoS::from_u8(buf.get_u8()).ok_or("bad QoS")?;
@@ -303,8 +336,9 @@ fn read_queued(seq: u64, mut buf: Bytes) -> Result<QueuedRecord, String> {
     for _ in 0..count {
         subscription_ids.push(buf.try_get_u32().map_err(|_| "truncated")?);
     }
+    let group = if version >= 2 { Some(get_str(&mut buf)?).filter(|g| !g.is_empty()) } else { None };
     let message = decode_message(&mut buf)?;
-    Ok(QueuedRecord { seq, qos, retain, subscription_ids, message, sent: None })
+    Ok(QueuedRecord { seq, qos, retain, subscription_ids, group, message, sent: None })
 }
 
 fn read_inflight(mut buf: Bytes) -> Result<(PacketId, InflightState), String> {
@@ -332,8 +366,17 @@ fn u64_of(rest: &[u8]) -> Result<u64, String> {
 pub(crate) struct RecoveredSession {
     pub(crate) sid: u64,
     pub(crate) record: SessionRecord,
-    /// In sequence order.
+    /// In sequence order: those sent (in flight), then at most the memory
+    /// window of those not sent yet.
     pub(crate) queued: Vec<QueuedRecord>,
+    /// How many of `queued` were not sent.
+    unsent: usize,
+    /// The rest of the queue, left in the store: how many, and the first
+    /// one's sequence number.
+    pub(crate) spilled: u64,
+    pub(crate) spill_from: u64,
+    /// The sequence number after the last one stored.
+    pub(crate) next_seq: u64,
     pub(crate) awaiting_rel: Vec<u16>,
 }
 
@@ -343,9 +386,11 @@ pub(crate) struct Recovered {
     pub(crate) retained: Vec<Message>,
 }
 
-/// Reads and decodes the whole store. A record that cannot be read stops
-/// the broker with the table and key, rather than starting without it.
-pub(crate) fn load(store: &dyn Store) -> Result<Recovered, StoreError> {
+/// Reads and decodes the store: sessions, retained messages and of each
+/// session's queue what it sent and up to `window` more; the rest of a
+/// queue is counted and left in the store. A record that cannot be read
+/// stops the broker with the table and key, rather than starting without it.
+pub(crate) fn load(store: &dyn Store, window: usize) -> Result<Recovered, StoreError> {
     let bad = |table: Table, key: &[u8], why: String| {
         StoreError(format!("the store's {} table has a record it cannot read (key {key:02x?}): {why}", table.name()))
     };
@@ -355,26 +400,67 @@ pub(crate) fn load(store: &dyn Store) -> Result<Recovered, StoreError> {
         let (sid, _) = split_key(&key).map_err(|e| bad(Table::Sessions, &key, e))?;
         let record = SessionRecord::read(value).map_err(|e| bad(Table::Sessions, &key, e))?;
         index.insert(sid, sessions.len());
-        sessions.push(RecoveredSession { sid, record, queued: Vec::new(), awaiting_rel: Vec::new() });
+        sessions.push(RecoveredSession {
+            sid,
+            record,
+            queued: Vec::new(),
+            unsent: 0,
+            spilled: 0,
+            spill_from: 0,
+            next_seq: 1,
+            awaiting_rel: Vec::new(),
+        });
     }
-    let mut orphans = 0usize;
-    for (key, value) in store.load(Table::Queue)? {
-        let (sid, rest) = split_key(&key).map_err(|e| bad(Table::Queue, &key, e))?;
-        let seq = u64_of(rest).map_err(|e| bad(Table::Queue, &key, e))?;
-        let Some(&i) = index.get(&sid) else {
-            orphans += 1;
-            continue;
-        };
-        sessions[i].queued.push(read_queued(seq, value).map_err(|e| bad(Table::Queue, &key, e))?);
-    }
+    let mut sent = std::collections::HashMap::new();
     for (key, value) in store.load(Table::Inflight)? {
         let (sid, rest) = split_key(&key).map_err(|e| bad(Table::Inflight, &key, e))?;
         let seq = u64_of(rest).map_err(|e| bad(Table::Inflight, &key, e))?;
-        let sent = read_inflight(value).map_err(|e| bad(Table::Inflight, &key, e))?;
-        if let Some(&i) = index.get(&sid)
-            && let Ok(at) = sessions[i].queued.binary_search_by_key(&seq, |q| q.seq)
-        {
-            sessions[i].queued[at].sent = Some(sent);
+        sent.insert((sid, seq), read_inflight(value).map_err(|e| bad(Table::Inflight, &key, e))?);
+    }
+    // Each session's queue is read up to the window; the rest of it stays
+    // in the store, so start-up takes the same time whatever the backlog.
+    for session in &mut sessions {
+        let sid = session.sid;
+        let (start, end) = (session_key(sid), session_key(sid + 1));
+        let mut failure = None;
+        store.read(Table::Queue, &start, Some(&end), &mut |key, value| {
+            let seq = match split_key(key).and_then(|(_, rest)| u64_of(rest)) {
+                Ok(seq) => seq,
+                Err(e) => {
+                    failure = Some(bad(Table::Queue, key, e));
+                    return false;
+                }
+            };
+            let was_sent = sent.get(&(sid, seq)).copied();
+            if was_sent.is_none() && session.unsent >= window {
+                session.spill_from = seq;
+                return false;
+            }
+            match read_queued(key, value) {
+                Ok(mut record) => {
+                    record.sent = was_sent;
+                    session.unsent += usize::from(was_sent.is_none());
+                    session.queued.push(record);
+                    true
+                }
+                Err(e) => {
+                    failure = Some(bad(Table::Queue, key, e));
+                    false
+                }
+            }
+        })?;
+        if let Some(failure) = failure {
+            return Err(failure);
+        }
+        if let Some(last) = store.last_key(Table::Queue, &start, &end)? {
+            session.next_seq =
+                split_key(&last).and_then(|(_, rest)| u64_of(rest)).map_err(|e| bad(Table::Queue, &last, e))? + 1;
+        }
+        // Sequence numbers run without gaps through a backlog, so this
+        // counts it; numbers freed by messages moved to another member of a
+        // share group make it an overestimate, put right as it is read.
+        if session.spill_from != 0 {
+            session.spilled = session.next_seq - session.spill_from;
         }
     }
     for (key, _) in store.load(Table::AwaitingRel)? {
@@ -383,9 +469,6 @@ pub(crate) fn load(store: &dyn Store) -> Result<Recovered, StoreError> {
         if let Some(&i) = index.get(&sid) {
             sessions[i].awaiting_rel.push(id);
         }
-    }
-    if orphans > 0 {
-        tracing::warn!(orphans, "queued messages of sessions that no longer exist were ignored");
     }
     let mut retained = Vec::new();
     for (key, mut value) in store.load(Table::Retained)? {
@@ -450,7 +533,7 @@ mod tests {
         put_inflight(&store, 3, 10, PacketId::new(42).unwrap(), InflightState::ExpectComp);
         put_awaiting_rel(&store, 3, 9);
         put_queued(&store, 4, 1, &delivery); // no such session: ignored
-        let recovered = load(&store).unwrap();
+        let recovered = load(&store, 1000).unwrap();
         assert_eq!(recovered.sessions.len(), 1);
         let s = &recovered.sessions[0];
         assert_eq!((s.sid, s.record.client_id.as_str(), s.record.disconnected_at), (3, "c1", 1234));
@@ -461,8 +544,36 @@ mod tests {
         assert_eq!(s.queued[1].subscription_ids, [7]);
         assert_eq!(s.awaiting_rel, [9]);
         end_session(&store, 3);
-        let recovered = load(&store).unwrap();
+        let recovered = load(&store, 1000).unwrap();
         assert!(recovered.sessions.is_empty());
         assert_eq!(store.len(Table::Queue), 1, "only the orphan of session 4 is left");
+    }
+
+    #[test]
+    fn a_long_queue_is_loaded_up_to_the_window_and_the_rest_counted() {
+        let store = MemoryStore::new();
+        put_session(&store, 5, "c", u32::MAX, ProtocolVersion::V5, 1, std::iter::empty(), None);
+        let group = std::sync::Arc::new(SharedGroup::new("g/a/#"));
+        let delivery = Delivery {
+            message: std::sync::Arc::new(message(None)),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            subscription_ids: vec![],
+            shared: Some(group.clone()),
+            seq: 0,
+        };
+        for seq in 1..=10 {
+            put_queued(&store, 5, seq, &delivery);
+        }
+        put_inflight(&store, 5, 1, PacketId::new(1).unwrap(), InflightState::ExpectAck);
+        put_inflight(&store, 5, 2, PacketId::new(2).unwrap(), InflightState::ExpectAck);
+        let recovered = load(&store, 3).unwrap();
+        let s = &recovered.sessions[0];
+        assert_eq!(s.queued.iter().map(|q| q.seq).collect::<Vec<_>>(), [1, 2, 3, 4, 5], "2 sent + 3 unsent");
+        assert_eq!((s.spilled, s.spill_from, s.next_seq), (5, 6, 11));
+        assert_eq!(s.queued[0].group.as_deref(), Some("g/a/#"));
+        let back = recovered.sessions.into_iter().next().unwrap().queued.remove(0);
+        let d = back.into_delivery(&|name| (name == "g/a/#").then(|| group.clone()));
+        assert!(d.shared.is_some_and(|g| std::sync::Arc::ptr_eq(&g, &group)));
     }
 }

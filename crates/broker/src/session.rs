@@ -20,6 +20,7 @@ use midge_codec::{MqttStr, PacketId, ProtocolVersion, PublishProperties, QoS};
 use parking_lot::Mutex;
 use tokio::sync::{Notify, oneshot};
 
+use crate::BrokerConfig;
 use crate::persist;
 use crate::router::Grant;
 use crate::shared::SharedGroup;
@@ -149,8 +150,15 @@ pub(crate) struct SessionState {
     /// it (through a router snapshot) then drops instead of queueing.
     pub(crate) discarded: bool,
     pub(crate) subscriptions: HashMap<String, Grant>,
-    /// Messages not yet sent: waiting for a connection or a free in-flight slot.
+    /// Messages not yet sent: waiting for a connection or a free in-flight
+    /// slot. For a stored session at most `max_queued_in_memory` of them;
+    /// the rest are `spilled`.
     pub(crate) queue: VecDeque<Delivery>,
+    /// Stored deliveries held only in the store: the backlog after
+    /// everything in `queue`, from sequence number `spill_from` on. They
+    /// are paged back in (see [`SessionState::refill`]) as `queue` empties.
+    pub(crate) spilled: u64,
+    pub(crate) spill_from: u64,
     /// Sent QoS 1/2 messages not yet acknowledged, in send order.
     pub(crate) inflight: VecDeque<Inflight>,
     next_packet_id: u16,
@@ -165,6 +173,16 @@ pub(crate) struct Discarded {
     pub(crate) filters: Vec<String>,
     pub(crate) pending_will: Option<Message>,
     pub(crate) shared_orphans: Vec<Delivery>,
+}
+
+/// A part of a session's backlog to read from the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Refill {
+    pub(crate) sid: u64,
+    /// First sequence number.
+    pub(crate) from: u64,
+    /// The session's next sequence number when the read was asked for.
+    pub(crate) to: u64,
 }
 
 /// What [`Session::enqueue`] did with a delivery.
@@ -193,6 +211,8 @@ impl Session {
                 discarded: false,
                 subscriptions: HashMap::new(),
                 queue: VecDeque::new(),
+                spilled: 0,
+                spill_from: 0,
                 inflight: VecDeque::new(),
                 next_packet_id: 0,
                 awaiting_rel: HashSet::new(),
@@ -209,13 +229,15 @@ impl Session {
     }
 
     /// Appends a delivery for the client and wakes its connection. Bounded
-    /// by `max_queued`; QoS 0 is not kept for an absent client (Mosquitto's
-    /// default `queue_qos0_messages false`).
+    /// by `max_queued_messages`; QoS 0 is not kept for an absent client
+    /// (Mosquitto's default `queue_qos0_messages false`).
     ///
     /// A QoS 1/2 delivery to a stored session is written to `store` here,
     /// under the session's lock, so its acknowledgement (which needs this
-    /// lock too) can only be written after it.
-    pub(crate) fn enqueue(&self, mut delivery: Delivery, max_queued: usize, store: Option<&dyn Store>) -> Enqueued {
+    /// lock too) can only be written after it. Past `max_queued_in_memory`
+    /// it stays in the store only; so does anything behind such a backlog,
+    /// QoS 0 included, to keep the order.
+    pub(crate) fn enqueue(&self, mut delivery: Delivery, config: &BrokerConfig, store: Option<&dyn Store>) -> Enqueued {
         let mut state = self.state.lock();
         if state.discarded {
             return Enqueued::DroppedDiscarded;
@@ -224,17 +246,30 @@ impl Session {
         if !online && delivery.qos == QoS::AtMostOnce {
             return Enqueued::DroppedQoS0Offline;
         }
-        if state.queue.len() >= max_queued {
+        if state.queue.len() as u64 + state.spilled >= config.max_queued_messages as u64 {
             return Enqueued::DroppedQueueFull;
         }
         delivery.seq = 0;
         if let Some(store) = store
             && state.stored
-            && delivery.qos != QoS::AtMostOnce
+            && (delivery.qos != QoS::AtMostOnce || state.spilled > 0)
         {
             delivery.seq = state.next_seq;
             state.next_seq += 1;
             persist::put_queued(store, state.sid, delivery.seq, &delivery);
+            if state.spilled > 0 || state.queue.len() >= config.max_queued_in_memory {
+                if state.spilled == 0 {
+                    state.spill_from = delivery.seq;
+                }
+                state.spilled += 1;
+                // A connection that ran dry looks at the backlog when woken.
+                let wake = state.queue.is_empty().then(|| state.owner.as_ref().map(|o| o.wake.clone())).flatten();
+                drop(state);
+                if let Some(wake) = wake {
+                    wake.notify_one();
+                }
+                return Enqueued::Queued;
+            }
         }
         let Some(owner) = &state.owner else {
             state.queue.push_back(delivery);
@@ -298,8 +333,11 @@ impl SessionState {
         }
         // Shared-subscription messages not yet sent, or sent at QoS 1, go to
         // another member; a QoS 2 one already sent must not [MQTT-4.8.2-5].
-        let shared_orphans = self.take_shared(None);
+        let mut shared_orphans = self.take_shared();
+        // Their stored copies went with the session's.
+        shared_orphans.iter_mut().for_each(|d| d.seq = 0);
         self.queue.clear();
+        self.spilled = 0;
         self.inflight.clear();
         self.awaiting_rel.clear();
         Discarded {
@@ -313,19 +351,10 @@ impl SessionState {
     /// over: those not sent yet, and QoS 1 ones sent but not acknowledged
     /// (v5 section 4.8.2). A QoS 2 message already sent stays, to be
     /// completed with this client [MQTT-4.8.2-4].
-    /// Their stored copies are deleted; the member taking one stores its own.
-    pub(crate) fn take_shared(&mut self, store: Option<&dyn Store>) -> Vec<Delivery> {
-        let mut taken = self.take_shared_deliveries();
-        if let Some(store) = store {
-            for delivery in &mut taken {
-                self.forget(Some(store), delivery.seq);
-                delivery.seq = 0;
-            }
-        }
-        taken
-    }
-
-    fn take_shared_deliveries(&mut self) -> Vec<Delivery> {
+    /// Their stored copies stay until another member has stored its own
+    /// (see `Shared::reroute_shared`). A backlog still in the store stays
+    /// with this member.
+    pub(crate) fn take_shared(&mut self) -> Vec<Delivery> {
         let mut taken = Vec::new();
         if self.queue.iter().any(|d| d.shared.is_some()) {
             let (shared, own): (VecDeque<Delivery>, VecDeque<Delivery>) =
@@ -379,6 +408,8 @@ impl SessionState {
                 continue;
             }
             if front.qos == QoS::AtMostOnce {
+                // Stored only to keep its place behind a backlog; sent now.
+                self.forget(store, front.seq);
                 let d = self.queue.pop_front().expect("front exists");
                 out.push((d, None));
                 continue;
@@ -398,8 +429,42 @@ impl SessionState {
         qos2_stored
     }
 
+    /// Where the backlog in the store is to be read: the session number and
+    /// the sequence numbers from and up to (not including), when the
+    /// in-memory queue has run dry and the in-flight window has room.
+    pub(crate) fn refill_from(&self, window: usize) -> Option<Refill> {
+        (self.spilled > 0 && self.queue.is_empty() && self.inflight.len() < window).then_some(Refill {
+            sid: self.sid,
+            from: self.spill_from,
+            to: self.next_seq,
+        })
+    }
+
+    /// Appends backlog deliveries read from the store (in sequence order)
+    /// to the in-memory queue. Those before `spill_from` are already here
+    /// (another read got them first) and are skipped, so reads may overlap.
+    /// `complete`: the read found everything of `refill`'s range (it
+    /// returned less than it was allowed to), so sequence numbers there
+    /// that it did not find are gaps (messages taken by another share
+    /// group member before a restart), not messages still to read.
+    pub(crate) fn refill(&mut self, refill: Refill, complete: bool, deliveries: Vec<Delivery>) {
+        for delivery in deliveries {
+            if self.spilled == 0 || delivery.seq < self.spill_from {
+                continue;
+            }
+            self.spill_from = delivery.seq + 1;
+            self.queue.push_back(delivery);
+        }
+        if complete {
+            self.spill_from = self.spill_from.max(refill.to);
+        }
+        // The backlog is every sequence number from spill_from on: they are
+        // given out one by one while it exists, and only read ones are deleted.
+        self.spilled = self.next_seq.saturating_sub(self.spill_from);
+    }
+
     /// Deletes a delivery's stored copy, if it has one (`seq` 0: none).
-    fn forget(&self, store: Option<&dyn Store>, seq: u64) {
+    pub(crate) fn forget(&self, store: Option<&dyn Store>, seq: u64) {
         if let Some(store) = store
             && seq != 0
         {
@@ -419,5 +484,123 @@ impl SessionState {
     /// front is checked first.
     pub(crate) fn inflight_position(&self, id: PacketId) -> Option<usize> {
         self.inflight.iter().position(|f| f.packet_id == id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{MemoryStore, Table};
+
+    fn delivery(n: u32, qos: QoS) -> Delivery {
+        let message = Message::new(
+            MqttStr::from("backlog"),
+            Bytes::from(n.to_be_bytes().to_vec()),
+            qos,
+            false,
+            PublishProperties::default(),
+        );
+        Delivery { message: Arc::new(message), qos, retain: false, subscription_ids: Vec::new(), shared: None, seq: 0 }
+    }
+
+    fn number(d: &Delivery) -> u32 {
+        u32::from_be_bytes(d.message.payload[..].try_into().unwrap())
+    }
+
+    /// Pages the backlog in as a connection does: scan from where it starts,
+    /// read the records back, refill.
+    async fn page_in(session: &Session, store: &MemoryStore, limit: usize) -> bool {
+        let Some(refill) = session.state.lock().refill_from(20) else { return false };
+        let records = store
+            .scan(
+                Table::Queue,
+                persist::queue_key(refill.sid, refill.from),
+                persist::queue_key(refill.sid, refill.to),
+                limit,
+            )
+            .await
+            .unwrap();
+        let complete = records.len() < limit;
+        let deliveries =
+            records.iter().map(|(k, v)| persist::read_queued(k, v).unwrap().into_delivery(&|_| None)).collect();
+        session.state.lock().refill(refill, complete, deliveries);
+        true
+    }
+
+    #[tokio::test]
+    async fn a_backlog_past_the_memory_window_waits_in_the_store_and_comes_back_in_order() {
+        let store = MemoryStore::new();
+        let config = BrokerConfig { max_queued_messages: 10_000, max_queued_in_memory: 100, ..BrokerConfig::default() };
+        let session = Session::new("c".into(), 7, u32::MAX, ProtocolVersion::V5);
+        session.state.lock().stored = true;
+        for n in 0..1000 {
+            assert_eq!(session.enqueue(delivery(n, QoS::AtLeastOnce), &config, Some(&store)), Enqueued::Queued);
+        }
+        {
+            let state = session.state.lock();
+            assert_eq!((state.queue.len(), state.spilled, state.spill_from), (100, 900, 101));
+        }
+        assert_eq!(store.len(Table::Queue), 1000, "every QoS 1 delivery is stored");
+
+        // The client takes everything, acknowledging as it goes.
+        let mut got = Vec::new();
+        let mut out = Vec::new();
+        loop {
+            session.state.lock().take_sendable(20, Instant::now(), &mut out, Some(&store));
+            if out.is_empty() && !page_in(&session, &store, 100).await {
+                break;
+            }
+            for (d, id) in out.drain(..) {
+                got.push(number(&d));
+                let mut state = session.state.lock();
+                let i = state.inflight_position(id.unwrap()).unwrap();
+                state.remove_inflight(i, Some(&store));
+            }
+        }
+        assert_eq!(got, (0..1000).collect::<Vec<_>>());
+        assert_eq!(store.len(Table::Queue), 0);
+        assert_eq!(session.state.lock().spilled, 0);
+    }
+
+    #[tokio::test]
+    async fn behind_a_backlog_qos0_is_stored_too_so_order_holds_and_the_limit_counts_the_backlog() {
+        let store = MemoryStore::new();
+        let config = BrokerConfig { max_queued_messages: 6, max_queued_in_memory: 2, ..BrokerConfig::default() };
+        let session = Session::new("c".into(), 1, u32::MAX, ProtocolVersion::V5);
+        {
+            let mut state = session.state.lock();
+            state.stored = true;
+            let (kick, _) = oneshot::channel();
+            state.attach(1, Arc::new(Notify::new()), kick, Kick::TakenOver { publish_will: false });
+        }
+        for (n, qos) in [(0, QoS::AtLeastOnce), (1, QoS::AtLeastOnce), (2, QoS::AtLeastOnce), (3, QoS::AtMostOnce)] {
+            assert_eq!(session.enqueue(delivery(n, qos), &config, Some(&store)), Enqueued::Queued);
+        }
+        assert_eq!(session.state.lock().spilled, 2);
+        assert_eq!(store.len(Table::Queue), 4);
+        session.enqueue(delivery(4, QoS::AtLeastOnce), &config, Some(&store));
+        session.enqueue(delivery(5, QoS::AtLeastOnce), &config, Some(&store));
+        assert_eq!(session.enqueue(delivery(6, QoS::AtLeastOnce), &config, Some(&store)), Enqueued::DroppedQueueFull);
+
+        let mut got = Vec::new();
+        let mut out = Vec::new();
+        loop {
+            session.state.lock().take_sendable(20, Instant::now(), &mut out, Some(&store));
+            if out.is_empty() && !page_in(&session, &store, 2).await {
+                break;
+            }
+            for (d, id) in out.drain(..) {
+                got.push((number(&d), d.qos));
+                if let Some(id) = id {
+                    let mut state = session.state.lock();
+                    let i = state.inflight_position(id).unwrap();
+                    state.remove_inflight(i, Some(&store));
+                }
+            }
+        }
+        let numbers: Vec<u32> = got.iter().map(|(n, _)| *n).collect();
+        assert_eq!(numbers, [0, 1, 2, 3, 4, 5]);
+        assert_eq!(got[3].1, QoS::AtMostOnce);
+        assert_eq!(store.len(Table::Queue), 0, "the QoS 0 record went when it was sent");
     }
 }

@@ -25,6 +25,8 @@ pub enum SharedStrategy {
 /// One share group on one topic filter.
 #[derive(Debug)]
 pub(crate) struct SharedGroup {
+    /// `{group}/{filter}`: how stored deliveries name it.
+    pub(crate) name: Arc<str>,
     members: Mutex<Vec<(SessionRef, Grant)>>,
     cursor: AtomicUsize,
     sticky: Mutex<Option<SessionRef>>,
@@ -32,8 +34,9 @@ pub(crate) struct SharedGroup {
 }
 
 impl SharedGroup {
-    pub(crate) fn new() -> SharedGroup {
+    pub(crate) fn new(name: &str) -> SharedGroup {
         SharedGroup {
+            name: name.into(),
             members: Mutex::new(Vec::new()),
             cursor: AtomicUsize::new(0),
             sticky: Mutex::new(None),

@@ -16,6 +16,7 @@ pub(crate) struct ConfigFile {
     pub(crate) sys_interval: Option<u64>,
     pub(crate) max_inflight: Option<u16>,
     pub(crate) max_queued_messages: Option<usize>,
+    pub(crate) max_queued_in_memory: Option<u64>,
     pub(crate) max_packet_size: Option<u32>,
     pub(crate) topic_alias_maximum: Option<u16>,
     pub(crate) max_keep_alive: Option<u16>,

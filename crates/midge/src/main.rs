@@ -64,6 +64,11 @@ struct ServeArgs {
     /// new messages for that session are dropped.
     #[arg(long, default_value_t = 1000)]
     max_queued_messages: usize,
+    /// Of a persistent session's queue, the messages kept in memory; the
+    /// rest wait in the store (not with --in-memory) and are read back as
+    /// the client takes them.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
+    max_queued_in_memory: u64,
     /// Largest packet accepted from a client, in bytes.
     #[arg(long, default_value_t = 1024 * 1024, value_parser = clap::value_parser!(u32).range(16..=268_435_460))]
     max_packet_size: u32,
@@ -225,7 +230,7 @@ fn apply_config_file(args: &mut ServeArgs, matches: &clap::ArgMatches) -> anyhow
     }
     take!(sys_interval, max_inflight, max_queued_messages, max_packet_size, topic_alias_maximum, max_keep_alive);
     take!(shared_strategy, log_level, allow_anonymous, webhook_timeout_ms, webhook_cache_seconds);
-    take!(data_dir, in_memory, sync, sync_interval_ms);
+    take!(data_dir, in_memory, sync, sync_interval_ms, max_queued_in_memory);
     if !given("webhook_checks")
         && let Some(checks) = file.webhook_checks
     {
@@ -268,6 +273,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let config = BrokerConfig {
             max_inflight: args.max_inflight,
             max_queued_messages: args.max_queued_messages,
+            max_queued_in_memory: usize::try_from(args.max_queued_in_memory).unwrap_or(usize::MAX),
             max_packet_size: args.max_packet_size,
             topic_alias_maximum: args.topic_alias_maximum,
             shared_strategy: args.shared_strategy.into(),

@@ -57,8 +57,9 @@ async fn publish_qos1(broker: &mut Broker, count: usize, kill_after: usize) -> B
     // Outgoing PUBLISH events come in the order of the publish calls; a packet id is
     // not reused before its PUBACK, so it names one index at a time.
     let (mut sent, mut by_id, mut acked) = (0usize, HashMap::new(), BTreeSet::new());
+    let deadline = tokio::time::Instant::now() + WAIT;
     loop {
-        match tokio::time::timeout(WAIT, events.poll()).await.expect("publisher stalled") {
+        match tokio::time::timeout_at(deadline, events.poll()).await.expect("publisher stalled") {
             Ok(Event::Outgoing(Outgoing::Publish(id))) => {
                 by_id.insert(id, sent);
                 sent += 1;
@@ -95,6 +96,69 @@ async fn collect(broker: &Broker, id: &str, expected: &BTreeSet<usize>) -> BTree
         }
     }
     got
+}
+
+/// Publishes indices `range` at QoS 1 with rumqttc as client `id` and returns once the
+/// broker acknowledged every one.
+async fn publish_all(broker: &Broker, id: &str, range: std::ops::Range<usize>) {
+    let (client, mut events) = AsyncClient::new(options(broker, id), 1000);
+    let count = range.len();
+    let publisher = tokio::spawn(async move {
+        for i in range {
+            client.publish("load/x", QoS::AtLeastOnce, false, i.to_string()).await.unwrap();
+        }
+        client
+    });
+    let mut acked = 0;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while acked < count {
+        match tokio::time::timeout_at(deadline, events.poll()).await.expect("publisher stalled") {
+            Ok(Event::Incoming(Packet::PubAck(_))) => acked += 1,
+            Ok(_) => {}
+            Err(e) => panic!("publisher failed: {e}"),
+        }
+    }
+    publisher.await.unwrap().disconnect().await.unwrap();
+}
+
+/// A backlog longer than --max-queued-in-memory waits in the store; after a restart
+/// (which reads only the first part of it) the subscriber gets all of it, in order and
+/// once, while a publisher keeps adding to it.
+#[test]
+fn a_backlog_beyond_the_memory_window_is_delivered_in_order_while_it_grows() {
+    let data = TempDir::new("persist-paging");
+    let flags = ["--max-queued-in-memory", "50"];
+    let mut broker = start_with(&data, &flags);
+    offline_subscriber(&broker, "subscriber", "load/#", 1);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(publish_all(&broker, "publisher", 0..3000));
+    broker.kill();
+    let broker = start_with(&data, &flags);
+    let log = broker.log();
+    assert!(log.contains("(1 subscriptions, 3000 queued messages)"), "{log}");
+    let got = runtime.block_on(async {
+        let more = publish_all(&broker, "publisher", 3000..5000);
+        let (_client, mut events) = AsyncClient::new(options(&broker, "subscriber"), 1000);
+        let receive = async {
+            let mut got = Vec::new();
+            let deadline = tokio::time::Instant::now() + WAIT;
+            while got.len() < 5000 {
+                // A deadline for the whole, not per event: pings would renew a per-event one.
+                let Ok(event) = tokio::time::timeout_at(deadline, events.poll()).await else {
+                    panic!("stalled after {} messages", got.len());
+                };
+                if let Event::Incoming(Packet::Publish(p)) = event.expect("subscriber connection failed") {
+                    got.push(std::str::from_utf8(&p.payload).unwrap().parse::<usize>().unwrap());
+                }
+            }
+            got
+        };
+        tokio::join!(more, receive).1
+    });
+    // One publisher, one subscriber, no reconnect: every message once, in order
+    // [MQTT-4.6.0-6].
+    let out_of_order = got.windows(2).find(|w| w[1] != w[0] + 1);
+    assert!(got[0] == 0 && out_of_order.is_none(), "first {}, first break {out_of_order:?}", got[0]);
 }
 
 /// The case: 10,000 QoS 1 messages for an offline persistent subscriber, the
@@ -323,4 +387,83 @@ fn a_store_in_use_or_damaged_stops_start_up_with_a_clear_error() {
     std::fs::write(damaged.join("midge.redb"), vec![0x5A; 100_000]).unwrap();
     let message = serve(damaged.path().to_str().unwrap());
     assert!(message.contains("move it (or its directory) aside"), "{message}");
+}
+
+/// Publishes `count` QoS 1 messages (payload: the index) from a raw client, each
+/// acknowledged before the next.
+fn publish_raw(broker: &Broker, count: u16) {
+    let mut publisher = RawClient::connected(broker.addr(), "shared-publisher");
+    for i in 0..count {
+        publisher.publish_qos1("work/x", i.to_string(), i + 1);
+    }
+    publisher.disconnect();
+}
+
+/// Connects the persistent session `id`, takes the messages the broker sends first
+/// (its in-flight window) without acknowledging them, and drops the connection.
+fn take_without_acking(broker: &Broker, id: &str) -> usize {
+    let (mut member, connack) = RawClient::handshake(broker.addr(), &build::Connect::new(id).clean_session(false));
+    assert!(connack.session_present);
+    let mut taken = 0;
+    while let Ok(packet) = member.recv_packet(Duration::from_millis(500)) {
+        assert_eq!(packet.packet_type(), midge_test_support::packet_type::PUBLISH);
+        taken += 1;
+    }
+    drop(member);
+    taken
+}
+
+/// Payload indices a persistent session `id` receives (acknowledging each) until
+/// `count` have arrived.
+fn receive_raw(broker: &Broker, id: &str, count: usize) -> BTreeSet<u16> {
+    let (mut member, _) = RawClient::handshake(broker.addr(), &build::Connect::new(id).clean_session(false));
+    let mut got = BTreeSet::new();
+    while got.len() < count {
+        let publish = member.expect_publish();
+        got.insert(String::from_utf8(publish.payload).unwrap().parse().unwrap());
+        member.send(&build::puback(publish.packet_id.unwrap()));
+    }
+    got
+}
+
+/// A message queued for a share group member remembers its group in the store: after
+/// a restart, when that member leaves without taking its messages, they go to the
+/// other member (v5 section 4.8.2) rather than wait for it.
+#[test]
+fn shared_subscription_messages_move_to_another_member_after_a_restart() {
+    let data = TempDir::new("persist-shared");
+    let mut broker = start(&data);
+    offline_subscriber(&broker, "member-a", "$share/g/work/#", 1);
+    offline_subscriber(&broker, "member-b", "$share/g/work/#", 1);
+    publish_raw(&broker, 100);
+    broker.kill();
+    let broker = start(&data);
+    // a's half, restored from the store, goes to b when a leaves without taking it.
+    let taken = take_without_acking(&broker, "member-a");
+    assert!(taken > 0, "a was sent its in-flight window");
+    let got = receive_raw(&broker, "member-b", 100);
+    assert_eq!(got, (0..100).collect(), "b got every message, its own and a's");
+}
+
+/// With no other member to take them, a leaving member's messages stay with it, and
+/// stay stored: they survive a crash after it left.
+#[test]
+fn shared_subscription_messages_kept_by_the_only_member_stay_stored() {
+    let data = TempDir::new("persist-shared-kept");
+    let mut broker = start_with(&data, &["--log-level", "debug"]);
+    offline_subscriber(&broker, "only", "$share/g/work/#", 1);
+    publish_raw(&broker, 30);
+    assert!(take_without_acking(&broker, "only") > 0);
+    // The broker has seen it leave (the second time "only" left)...
+    let left = || broker.log().matches("client left; session kept client_id=only").count();
+    let deadline = std::time::Instant::now() + WAIT;
+    while left() < 2 {
+        assert!(std::time::Instant::now() < deadline, "the broker never saw the member leave");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // ...and what it wrote then is durable: a PUBACK waits for every write before it.
+    RawClient::connected(broker.addr(), "barrier").publish_qos1("nobody/listens", "x", 1);
+    broker.kill();
+    let broker = start(&data);
+    assert_eq!(receive_raw(&broker, "only", 30), (0..30).collect());
 }

@@ -25,6 +25,9 @@ mod redb_store;
 
 pub use redb_store::RedbStore;
 
+/// Records as read: (key, value) in key order.
+pub type Records = Vec<(Vec<u8>, Bytes)>;
+
 /// The tables of the store. Keys sort bytewise, so a session's records
 /// (keyed by its 8-byte big-endian number first) are one range.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -97,8 +100,42 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// the store's sync policy; fails if the store cannot make it so.
     fn durable(&self) -> BoxFuture<'static, Result<(), StoreError>>;
 
+    /// Calls `visit` with the records of `table` whose keys are in
+    /// `start..end` (`end` `None`: to the end of the table), in key order,
+    /// until it returns false. Sees what is committed: use it at start-up,
+    /// or [`Store::scan`] to see every write queued before.
+    fn read(
+        &self,
+        table: Table,
+        start: &[u8],
+        end: Option<&[u8]>,
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<(), StoreError>;
+
+    /// The greatest key of `table` in `start..end` (committed, as
+    /// [`Store::read`]).
+    fn last_key(&self, table: Table, start: &[u8], end: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// Up to `limit` records of `table` with keys in `start..end`, in key
+    /// order, including every write queued before this call (a session's
+    /// backlog paged back in while new messages are still being written).
+    fn scan(
+        &self,
+        table: Table,
+        start: Vec<u8>,
+        end: Vec<u8>,
+        limit: usize,
+    ) -> BoxFuture<'static, Result<Records, StoreError>>;
+
     /// Every record of `table`, in key order (at start-up).
-    fn load(&self, table: Table) -> Result<Vec<(Vec<u8>, Bytes)>, StoreError>;
+    fn load(&self, table: Table) -> Result<Records, StoreError> {
+        let mut out = Vec::new();
+        self.read(table, &[], None, &mut |key, value| {
+            out.push((key.to_vec(), Bytes::copy_from_slice(value)));
+            true
+        })?;
+        Ok(out)
+    }
 
     /// Applies every queued write and makes it durable (at shutdown).
     fn close(&self) -> Result<(), StoreError>;
@@ -149,9 +186,41 @@ impl Store for MemoryStore {
         Box::pin(async { Ok(()) })
     }
 
-    fn load(&self, table: Table) -> Result<Vec<(Vec<u8>, Bytes)>, StoreError> {
+    fn read(
+        &self,
+        table: Table,
+        start: &[u8],
+        end: Option<&[u8]>,
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<(), StoreError> {
         let tables = self.tables.lock();
-        Ok(tables.iter().filter(|((t, _), _)| *t == table).map(|((_, k), v)| (k.clone(), v.clone())).collect())
+        for ((t, key), value) in tables.range((table, start.to_vec())..) {
+            if *t != table || end.is_some_and(|end| key.as_slice() >= end) || !visit(key, value) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn last_key(&self, table: Table, start: &[u8], end: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        let tables = self.tables.lock();
+        Ok(tables.range((table, start.to_vec())..(table, end.to_vec())).next_back().map(|((_, key), _)| key.clone()))
+    }
+
+    fn scan(
+        &self,
+        table: Table,
+        start: Vec<u8>,
+        end: Vec<u8>,
+        limit: usize,
+    ) -> BoxFuture<'static, Result<Records, StoreError>> {
+        let tables = self.tables.lock();
+        let found = tables
+            .range((table, start)..(table, end))
+            .take(limit)
+            .map(|((_, key), value)| (key.clone(), value.clone()))
+            .collect();
+        Box::pin(async { Ok(found) })
     }
 
     fn close(&self) -> Result<(), StoreError> {
