@@ -2,6 +2,7 @@
 //! manages password files.
 
 mod certs;
+mod client_cli;
 mod config;
 mod files;
 mod listener;
@@ -37,6 +38,10 @@ enum Command {
     Passwd(passwd::PasswdArgs),
     /// Make a CA, a server and a client certificate for TLS (the openssl steps in one command).
     Certs(certs::CertsArgs),
+    /// Publish MQTT messages to any broker (mosquitto_pub's flags).
+    Pub(client_cli::publish::PubArgs),
+    /// Subscribe and print MQTT messages from any broker (mosquitto_sub's flags).
+    Sub(client_cli::subscribe::SubArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -201,6 +206,9 @@ fn main() -> ExitCode {
         }
         Command::Passwd(args) => passwd::run(args),
         Command::Certs(args) => certs::run(args),
+        // pub and sub print their own errors and have their own exit codes.
+        Command::Pub(args) => return client_cli::publish::run(args),
+        Command::Sub(args) => return client_cli::subscribe::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
