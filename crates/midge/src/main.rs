@@ -1,6 +1,7 @@
 //! The `midge` command: `midge serve` runs the broker, `midge passwd`
 //! manages password files.
 
+mod bench;
 mod certs;
 mod client_cli;
 mod config;
@@ -38,6 +39,8 @@ enum Command {
     Passwd(passwd::PasswdArgs),
     /// Make a CA, a server and a client certificate for TLS (the openssl steps in one command).
     Certs(certs::CertsArgs),
+    /// Load generator for any MQTT broker: conn, pub, sub, fan-in, fan-out, pairs, shared.
+    Bench(bench::BenchArgs),
     /// Publish MQTT messages to any broker (mosquitto_pub's flags).
     Pub(client_cli::publish::PubArgs),
     /// Subscribe and print MQTT messages from any broker (mosquitto_sub's flags).
@@ -206,6 +209,7 @@ fn main() -> ExitCode {
         }
         Command::Passwd(args) => passwd::run(args),
         Command::Certs(args) => certs::run(args),
+        Command::Bench(args) => bench::run(args),
         // pub and sub print their own errors and have their own exit codes.
         Command::Pub(args) => return client_cli::publish::run(args),
         Command::Sub(args) => return client_cli::subscribe::run(args),
