@@ -107,13 +107,19 @@ where
     let peer = origin.peer;
     Metrics::inc(&shared.metrics.connections_current);
     Metrics::inc(&shared.metrics.connections_total);
-    let mut rbuf = BytesMut::with_capacity(1024);
-    let connect = tokio::select! {
-        c = tokio::time::timeout(shared.config.connect_timeout, read_connect(&shared, &mut stream, &mut rbuf, peer)) => c,
-        _ = shared.shutdown.cancelled() => Ok(None),
-    };
+    let mut rbuf = BytesMut::with_capacity(256);
+    // Boxed, as the waits of `run_session` are: this task's future stays
+    // small for as long as the client is connected.
+    let connect = Box::pin(async {
+        tokio::select! {
+            c = tokio::time::timeout(shared.config.connect_timeout, read_connect(&shared, &mut stream, &mut rbuf, peer)) => c,
+            _ = shared.shutdown.cancelled() => Ok(None),
+        }
+    })
+    .await;
     if let Ok(Some(connect)) = connect {
-        run_session(&shared, stream, rbuf, origin, connect).await;
+        // Boxed: the connect phase above and this one never need room at once.
+        Box::pin(run_session(&shared, stream, rbuf, origin, connect)).await;
     } else if connect.is_err() {
         tracing::debug!(%peer, "no CONNECT within {:?}; closing", shared.config.connect_timeout);
     }
@@ -197,7 +203,7 @@ where
             Metrics::inc(&shared.metrics.packets_received);
             return Ok(packet);
         }
-        reserve(rbuf);
+        reserve(rbuf, &mut false);
         match stream.read_buf(rbuf).await {
             Ok(0) | Err(_) => return Err(None),
             Ok(n) => Metrics::add(&shared.metrics.bytes_received, n as u64),
@@ -289,9 +295,24 @@ async fn refuse<S: AsyncWrite + Unpin>(stream: &mut S, version: ProtocolVersion,
     let _ = stream.shutdown().await;
 }
 
-fn reserve(buf: &mut BytesMut) {
-    if buf.capacity() - buf.len() < 512 {
-        buf.reserve(4096);
+/// Room for the next read. A client's buffer stays small until it sends
+/// more than one read's worth at a time (thousands of idle clients that
+/// only ping do not each hold kilobytes); from then on (`busy`) it reads
+/// 4 KiB at a time.
+fn reserve(buf: &mut BytesMut, busy: &mut bool) {
+    let spare = buf.capacity() - buf.len();
+    if *busy {
+        if spare < 512 {
+            buf.reserve(4096);
+        }
+    } else if spare < 64 {
+        if buf.is_empty() {
+            // Takes its own allocation back when nothing else holds it.
+            buf.reserve(256);
+        } else {
+            *busy = true;
+            buf.reserve(4096);
+        }
     }
 }
 
@@ -326,7 +347,7 @@ where
         };
         if !allowed {
             tracing::info!(%peer, "empty client id without clean session [MQTT-3.1.3-8]; refusing");
-            refuse(&mut stream, version, ReasonCode::ClientIdentifierNotValid).await;
+            Box::pin(refuse(&mut stream, version, ReasonCode::ClientIdentifierNotValid)).await;
             return;
         }
         client_id = format!("auto-{:016x}", crate::random_u64());
@@ -344,7 +365,7 @@ where
             server_keep_alive = Some(max_keep_alive);
         } else {
             tracing::info!(%peer, client_id, keep_alive, max_keep_alive, "keep-alive above the maximum; refusing");
-            refuse(&mut stream, version, ReasonCode::ClientIdentifierNotValid).await;
+            Box::pin(refuse(&mut stream, version, ReasonCode::ClientIdentifierNotValid)).await;
             return;
         }
     }
@@ -353,7 +374,7 @@ where
     {
         tracing::info!(%peer, client_id, "invalid will topic [MQTT-3.1.3-11]; closing");
         if version.is_v5() {
-            refuse(&mut stream, version, ReasonCode::TopicNameInvalid).await;
+            Box::pin(refuse(&mut stream, version, ReasonCode::TopicNameInvalid)).await;
         }
         return;
     }
@@ -366,12 +387,15 @@ where
     };
     // Paced per address, so guessing passwords is slow and one address
     // cannot crowd out the rest (see throttle.rs).
-    let ticket = match shared.logins.admit(peer.ip()).await {
+    // The rare and large waits of the handshake are boxed: the connection's
+    // future is sized for its largest wait, and it is held for as long as the
+    // client stays connected.
+    let ticket = match Box::pin(shared.logins.admit(peer.ip())).await {
         Admission::Go(ticket) => ticket,
         Admission::Refuse => {
             tracing::info!(%peer, client_id, "too many failed logins from this address; refusing unchecked");
             Metrics::inc(&shared.metrics.logins_throttled);
-            refuse(&mut stream, version, ReasonCode::ConnectionRateExceeded).await;
+            Box::pin(refuse(&mut stream, version, ReasonCode::ConnectionRateExceeded)).await;
             return;
         }
     };
@@ -381,12 +405,12 @@ where
     if let Some(method) = &auth_method {
         let Some(mut exchange) = authenticator.start_exchange(method, &client) else {
             tracing::info!(%peer, client_id, method, "unsupported authentication method [MQTT-4.12.0-1]; refusing");
-            refuse(&mut stream, version, ReasonCode::BadAuthenticationMethod).await;
+            Box::pin(refuse(&mut stream, version, ReasonCode::BadAuthenticationMethod)).await;
             return;
         };
         let first = connect.properties.authentication_data.clone();
         let exchange = authenticate_exchange(shared, &mut stream, &mut rbuf, method, exchange.as_mut(), first);
-        match tokio::time::timeout(shared.config.connect_timeout, exchange).await {
+        match Box::pin(tokio::time::timeout(shared.config.connect_timeout, exchange)).await {
             Ok(Ok((data, username))) => {
                 auth_reply = data;
                 client.username = username.or(client.username);
@@ -394,7 +418,7 @@ where
             Ok(Err(AuthEnd::Refuse(code, why))) => {
                 tracing::info!(%peer, client_id, method, code = code.as_u8(), why, "enhanced authentication refused");
                 login_failed(shared, &ticket);
-                refuse(&mut stream, version, code).await;
+                Box::pin(refuse(&mut stream, version, code)).await;
                 return;
             }
             Ok(Err(AuthEnd::Closed)) => return,
@@ -409,18 +433,18 @@ where
         let Some(identity) = &origin.certificate_identity else {
             tracing::info!(%peer, client_id, "no client certificate to take the user name from; refusing");
             login_failed(shared, &ticket);
-            refuse(&mut stream, version, ReasonCode::NotAuthorized).await;
+            Box::pin(refuse(&mut stream, version, ReasonCode::NotAuthorized)).await;
             return;
         };
         client.username = Some(identity.clone());
     } else if client.username.is_none() && !origin.policy.allow_anonymous {
         tracing::info!(%peer, client_id, "anonymous client refused on this listener");
         login_failed(shared, &ticket);
-        refuse(&mut stream, version, ReasonCode::NotAuthorized).await;
+        Box::pin(refuse(&mut stream, version, ReasonCode::NotAuthorized)).await;
         return;
     } else if let Verdict::Deny(code) = authenticator.authenticate(&client, connect.password.as_deref()).await {
         login_failed(shared, &ticket);
-        refuse(&mut stream, version, code).await;
+        Box::pin(refuse(&mut stream, version, code)).await;
         return;
     }
     drop(ticket);
@@ -431,7 +455,7 @@ where
     {
         tracing::info!(%peer, client_id, username = client.username, topic = %will.topic, "will topic not authorized; refusing");
         Metrics::inc(&shared.metrics.publish_denied);
-        refuse(&mut stream, version, ReasonCode::NotAuthorized).await;
+        Box::pin(refuse(&mut stream, version, ReasonCode::NotAuthorized)).await;
         return;
     }
 
@@ -508,7 +532,10 @@ where
     };
     conn.resend_inflight();
     let keep_alive = (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500));
-    let close = conn.serve(&mut stream, rbuf, keep_alive, &wake, kick_rx).await;
+    // All the rest needs of CONNECT; not kept for the life of the connection.
+    let problem_information = connect.properties.request_problem_information != Some(false);
+    drop(connect);
+    let close = Box::pin(conn.serve(&mut stream, rbuf, keep_alive, &wake, kick_rx)).await;
     if version.is_v5()
         && let Some(reason_code) = close.disconnect_reason()
     {
@@ -516,11 +543,11 @@ where
         let mut disconnect = Disconnect { reason_code, ..Default::default() };
         // Say why, unless the client asked for no problem information (it
         // may still get one on DISCONNECT [MQTT-3.1.2-29]; we hold back).
-        if connect.properties.request_problem_information != Some(false) {
+        if problem_information {
             disconnect.properties.reason_string = close.reason_string();
         }
         conn.send(&Packet::Disconnect(disconnect));
-        let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(&conn.wbuf)).await;
+        let _ = Box::pin(tokio::time::timeout(Duration::from_secs(1), stream.write_all(&conn.wbuf))).await;
     }
     conn.finish(close);
     let _ = stream.shutdown().await;
@@ -588,9 +615,10 @@ impl Conn {
         let timer = tokio::time::sleep(keep_alive.unwrap_or(far));
         tokio::pin!(timer);
         let shutdown = self.shared.shutdown.clone();
+        let mut busy = false;
         // Clients may send packets right behind CONNECT without waiting
         // for CONNACK (section 3.1.4); they may already be buffered.
-        if let Err(close) = self.handle_buffered(&mut rbuf).await {
+        if let Err(close) = Box::pin(self.handle_buffered(&mut rbuf)).await {
             return close;
         }
         if let Err(close) = self.reauthenticate().await {
@@ -600,7 +628,7 @@ impl Conn {
         self.drain();
         loop {
             if let Some(refill) = self.page_in.take() {
-                if let Err(e) = self.page_in(refill).await {
+                if let Err(e) = Box::pin(self.page_in(refill)).await {
                     self.wbuf.clear();
                     return Close::Store(e);
                 }
@@ -640,7 +668,7 @@ impl Conn {
                 Metrics::add(&self.shared.metrics.bytes_sent, n as u64);
                 self.wbuf.clear();
             }
-            reserve(&mut rbuf);
+            reserve(&mut rbuf, &mut busy);
             let event = tokio::select! {
                 biased;
                 kick = &mut kick_rx => Event::Kicked(kick.ok()),
@@ -655,7 +683,10 @@ impl Conn {
                 Event::Read(Ok(n)) => {
                     Metrics::add(&self.shared.metrics.bytes_received, n as u64);
                     last_packet = Instant::now();
-                    if let Err(close) = self.handle_buffered(&mut rbuf).await {
+                    // Boxed (one allocation per read, not per packet): its
+                    // future is large, and an idle connection would otherwise
+                    // carry room for it all the time.
+                    if let Err(close) = Box::pin(self.handle_buffered(&mut rbuf)).await {
                         return close;
                     }
                     if let Err(close) = self.reauthenticate().await {

@@ -13,7 +13,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
 use swap::SwapCell;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 
 /// TLS settings of one listener.
 #[derive(Debug, Clone)]
@@ -90,13 +90,28 @@ pub(crate) async fn bind(specs: Vec<ListenerSpec>) -> anyhow::Result<Vec<Bound>>
             Some(tls) => Some(Arc::new(SwapCell::new(server_config(tls)?))),
             None => None,
         };
-        match TcpListener::bind(spec.addr).await {
+        match listen(spec.addr) {
             Ok(listener) => bound.push(Bound { spec, listener, tls }),
             Err(e) if spec.optional => tracing::debug!(error = %e, "skipping {}", spec.addr),
             Err(e) => return Err(anyhow::Error::new(e).context(format!("cannot listen on {}", spec.addr))),
         }
     }
     Ok(bound)
+}
+
+/// Connections the kernel may hold for us before we accept them. Tokio's
+/// default (1024) overflows when thousands of clients connect at once (a
+/// fleet reconnecting after an outage): the dropped SYNs are retried after
+/// a second. The kernel caps it at net.core.somaxconn (4096 by default).
+const BACKLOG: u32 = 4096;
+
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    // As TcpListener::bind does: a restarted broker can take its port back
+    // while old connections are in TIME_WAIT.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(BACKLOG)
 }
 
 /// Builds the rustls configuration: TLS 1.2 and 1.3, the ring provider,
