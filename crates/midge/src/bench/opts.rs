@@ -42,7 +42,7 @@ pub(crate) struct ConnectOpts {
     #[arg(short = 'p', long, default_value_t = 1883)]
     pub(crate) port: u16,
     /// MQTT version: 3 (3.1), 4 (3.1.1) or 5; mqttv31, mqttv311 and mqttv5 also work.
-    #[arg(short = 'V', long = "protocol-version", default_value = "4", value_parser = parse_version)]
+    #[arg(short = 'V', long = "protocol-version", default_value = "4", value_parser = crate::client_cli::parse_version)]
     pub(crate) version: ProtocolVersion,
     /// User name for every connection.
     #[arg(short = 'u', long)]
@@ -221,15 +221,6 @@ impl TrafficOpts {
 
 pub(crate) fn qos(v: u8) -> QoS {
     QoS::from_u8(v).unwrap_or_default()
-}
-
-fn parse_version(s: &str) -> Result<ProtocolVersion, String> {
-    match s.to_ascii_lowercase().as_str() {
-        "3" | "31" | "mqttv31" | "3.1" => Ok(ProtocolVersion::V3_1),
-        "4" | "311" | "mqttv311" | "3.1.1" => Ok(ProtocolVersion::V3_1_1),
-        "5" | "mqttv5" | "5.0" => Ok(ProtocolVersion::V5),
-        _ => Err("expected 3 (MQTT 3.1), 4 (3.1.1) or 5".to_owned()),
-    }
 }
 
 pub(crate) fn version_name(v: ProtocolVersion) -> &'static str {

@@ -15,7 +15,7 @@ use std::process::ExitCode;
 
 use midge_client::{ClientError, ReasonCode};
 
-pub(crate) use options::ConnArgs;
+pub(crate) use options::{ConnArgs, parse_version};
 
 /// Exit codes of `midge pub` and `midge sub` (docs/clients.md lists them).
 pub(crate) mod exit {

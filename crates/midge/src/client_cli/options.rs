@@ -100,12 +100,14 @@ pub(crate) struct ConnArgs {
     pub(crate) help: Option<bool>,
 }
 
-fn parse_version(s: &str) -> Result<ProtocolVersion, String> {
-    match s {
-        "31" | "mqttv31" | "3.1" => Ok(ProtocolVersion::V3_1),
-        "311" | "mqttv311" | "3.1.1" => Ok(ProtocolVersion::V3_1_1),
+/// Parses `-V` for every midge client command: mosquitto's spellings (31,
+/// 311, 5, mqttv311…) and emqtt-bench's protocol levels (3, 4, 5).
+pub(crate) fn parse_version(s: &str) -> Result<ProtocolVersion, String> {
+    match s.to_ascii_lowercase().as_str() {
+        "31" | "mqttv31" | "3.1" | "3" => Ok(ProtocolVersion::V3_1),
+        "311" | "mqttv311" | "3.1.1" | "4" => Ok(ProtocolVersion::V3_1_1),
         "5" | "mqttv5" | "5.0" => Ok(ProtocolVersion::V5),
-        _ => Err("must be 31, 311 or 5 (or mqttv31, mqttv311, mqttv5)".into()),
+        _ => Err("must be 31, 311 or 5 (or mqttv31, mqttv311, mqttv5; or the protocol levels 3, 4, 5)".into()),
     }
 }
 
