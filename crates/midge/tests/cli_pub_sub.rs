@@ -205,7 +205,7 @@ fn exit_codes_say_what_went_wrong() {
         vec!["sub", "-t", "a/#/b"],                                              // bad filter
         vec!["sub", "-t", "t", "-c"],                                            // -c without -i
         vec!["sub", "-t", "t", "-F", "%z"],                                      // unknown format code
-        vec!["pub", "-t", "t", "-m", "m", "-V", "4"],                            // bad version
+        vec!["pub", "-t", "t", "-m", "m", "-V", "6"],                            // bad version
     ] {
         let mut p = midge(&args);
         assert_eq!(p.wait_exit(WAIT).code(), Some(2), "{args:?}: {}", p.transcript());
