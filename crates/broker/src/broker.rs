@@ -377,7 +377,7 @@ impl Shared {
             return;
         }
         let disconnected_at = if state.owner.is_some() { 0 } else { persist::now_unix_ms() };
-        let will = will_due.zip(state.pending_will.as_ref());
+        let will = will_due.zip(state.pending_will.as_deref());
         persist::put_session(
             store,
             state.sid,
@@ -486,7 +486,7 @@ impl Shared {
             } else {
                 // Published when the delay passes or the session ends,
                 // whichever comes first (v5 section 3.1.3.2.2).
-                state.pending_will = Some(message);
+                state.pending_will = Some(Box::new(message));
                 will_delay = expiry.is_none_or(|e| delay < e).then_some(delay);
                 will_due = Some(persist::now_unix_ms() + u64::try_from(delay.as_millis()).unwrap_or(u64::MAX / 2));
             }
@@ -554,7 +554,7 @@ impl Shared {
                 }
             }
             if let Some((due, will)) = record.pending_will {
-                state.pending_will = Some(will);
+                state.pending_will = Some(Box::new(will));
                 will_left = Some(Duration::from_millis(due.saturating_sub(now)));
             }
             // A client that was connected when the broker stopped left then.
@@ -595,7 +595,7 @@ impl Shared {
                             if state.still_detached_by(connection_id) { state.pending_will.take() } else { None }
                         };
                         if let Some(will) = will {
-                            shared.publish(will, None);
+                            shared.publish(*will, None);
                         }
                     }
                 }

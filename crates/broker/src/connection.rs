@@ -14,6 +14,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -118,8 +119,11 @@ where
     })
     .await;
     if let Ok(Some(connect)) = connect {
-        // Boxed: the connect phase above and this one never need room at once.
-        Box::pin(run_session(&shared, stream, rbuf, origin, connect)).await;
+        // Boxed and finished before serving starts: the handshake's future
+        // is not kept for the life of the connection.
+        if let Some(serving) = Box::pin(run_session(&shared, stream, rbuf, origin, connect)).await {
+            serving.await;
+        }
     } else if connect.is_err() {
         tracing::debug!(%peer, "no CONNECT within {:?}; closing", shared.config.connect_timeout);
     }
@@ -327,7 +331,16 @@ fn login_failed(shared: &Shared, ticket: &Ticket) {
 }
 
 /// Validates CONNECT, answers CONNACK, then serves the session.
-async fn run_session<S>(shared: &Arc<Shared>, mut stream: S, mut rbuf: BytesMut, origin: Origin, connect: Box<Connect>)
+/// Returns the serving of the session, in its own allocation, for the
+/// caller to await once this function's future, sized for the handshake,
+/// is gone; `None` if the client was refused.
+async fn run_session<S>(
+    shared: &Arc<Shared>,
+    mut stream: S,
+    mut rbuf: BytesMut,
+    origin: Origin,
+    connect: Box<Connect>,
+) -> Option<Pin<Box<impl Future<Output = ()> + use<S>>>>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -348,7 +361,7 @@ where
         if !allowed {
             tracing::info!(%peer, "empty client id without clean session [MQTT-3.1.3-8]; refusing");
             Box::pin(refuse(&mut stream, version, ReasonCode::ClientIdentifierNotValid)).await;
-            return;
+            return None;
         }
         client_id = format!("auto-{:016x}", crate::random_u64());
         assigned = Some(client_id.clone());
@@ -366,7 +379,7 @@ where
         } else {
             tracing::info!(%peer, client_id, keep_alive, max_keep_alive, "keep-alive above the maximum; refusing");
             Box::pin(refuse(&mut stream, version, ReasonCode::ClientIdentifierNotValid)).await;
-            return;
+            return None;
         }
     }
     if let Some(will) = &connect.will
@@ -376,7 +389,7 @@ where
         if version.is_v5() {
             Box::pin(refuse(&mut stream, version, ReasonCode::TopicNameInvalid)).await;
         }
-        return;
+        return None;
     }
 
     let mut client = ClientInfo {
@@ -396,7 +409,7 @@ where
             tracing::info!(%peer, client_id, "too many failed logins from this address; refusing unchecked");
             Metrics::inc(&shared.metrics.logins_throttled);
             Box::pin(refuse(&mut stream, version, ReasonCode::ConnectionRateExceeded)).await;
-            return;
+            return None;
         }
     };
     let authenticator = shared.hooks.authenticator.clone();
@@ -406,7 +419,7 @@ where
         let Some(mut exchange) = authenticator.start_exchange(method, &client) else {
             tracing::info!(%peer, client_id, method, "unsupported authentication method [MQTT-4.12.0-1]; refusing");
             Box::pin(refuse(&mut stream, version, ReasonCode::BadAuthenticationMethod)).await;
-            return;
+            return None;
         };
         let first = connect.properties.authentication_data.clone();
         let exchange = authenticate_exchange(shared, &mut stream, &mut rbuf, method, exchange.as_mut(), first);
@@ -419,12 +432,12 @@ where
                 tracing::info!(%peer, client_id, method, code = code.as_u8(), why, "enhanced authentication refused");
                 login_failed(shared, &ticket);
                 Box::pin(refuse(&mut stream, version, code)).await;
-                return;
+                return None;
             }
-            Ok(Err(AuthEnd::Closed)) => return,
+            Ok(Err(AuthEnd::Closed)) => return None,
             Err(_) => {
                 tracing::info!(%peer, client_id, method, "enhanced authentication timed out; closing");
-                return;
+                return None;
             }
         }
     } else if origin.policy.use_identity_as_username {
@@ -434,18 +447,18 @@ where
             tracing::info!(%peer, client_id, "no client certificate to take the user name from; refusing");
             login_failed(shared, &ticket);
             Box::pin(refuse(&mut stream, version, ReasonCode::NotAuthorized)).await;
-            return;
+            return None;
         };
         client.username = Some(identity.clone());
     } else if client.username.is_none() && !origin.policy.allow_anonymous {
         tracing::info!(%peer, client_id, "anonymous client refused on this listener");
         login_failed(shared, &ticket);
         Box::pin(refuse(&mut stream, version, ReasonCode::NotAuthorized)).await;
-        return;
+        return None;
     } else if let Verdict::Deny(code) = authenticator.authenticate(&client, connect.password.as_deref()).await {
         login_failed(shared, &ticket);
         Box::pin(refuse(&mut stream, version, code)).await;
-        return;
+        return None;
     }
     drop(ticket);
     // A will is a publish like any other: one the client may not make is
@@ -456,7 +469,7 @@ where
         tracing::info!(%peer, client_id, username = client.username, topic = %will.topic, "will topic not authorized; refusing");
         Metrics::inc(&shared.metrics.publish_denied);
         Box::pin(refuse(&mut stream, version, ReasonCode::NotAuthorized)).await;
-        return;
+        return None;
     }
 
     // How long the session outlives the connection: 3.x clean sessions end
@@ -506,52 +519,39 @@ where
     shared.metrics.client_connected();
     tracing::debug!(%peer, client_id, username = client.username, ?version, session_present, "client connected");
 
-    let mut conn = Conn {
-        shared: shared.clone(),
-        session,
-        connection_id,
-        version,
-        peer,
-        will: connect.will.clone(),
-        connect_expiry_interval: expiry_interval,
-        wbuf,
-        sendable: Vec::new(),
-        window: usize::from(
-            shared.config.max_inflight.max(1).min(connect.properties.receive_maximum.unwrap_or(u16::MAX)),
-        ),
-        client_max_packet: connect.properties.maximum_packet_size,
-        inbound_aliases: HashMap::new(),
-        outbound_aliases: HashMap::new(),
-        client_alias_maximum: connect.properties.topic_alias_maximum.unwrap_or(0),
-        client,
-        auth_method,
-        reauth: None,
-        reauth_data: None,
-        needs_durable: false,
-        page_in: None,
-    };
-    conn.resend_inflight();
     let keep_alive = (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500));
     // All the rest needs of CONNECT; not kept for the life of the connection.
     let problem_information = connect.properties.request_problem_information != Some(false);
-    drop(connect);
-    let close = Box::pin(conn.serve(&mut stream, rbuf, keep_alive, &wake, kick_rx)).await;
-    if version.is_v5()
-        && let Some(reason_code) = close.disconnect_reason()
-    {
-        // Best effort: the client may be gone or not reading.
-        let mut disconnect = Disconnect { reason_code, ..Default::default() };
-        // Say why, unless the client asked for no problem information (it
-        // may still get one on DISCONNECT [MQTT-3.1.2-29]; we hold back).
-        if problem_information {
-            disconnect.properties.reason_string = close.reason_string();
-        }
-        conn.send(&Packet::Disconnect(disconnect));
-        let _ = Box::pin(tokio::time::timeout(Duration::from_secs(1), stream.write_all(&conn.wbuf))).await;
-    }
-    conn.finish(close);
-    let _ = stream.shutdown().await;
-    Metrics::dec(&shared.metrics.clients_connected);
+    let serving = {
+        let mut conn = Conn {
+            shared: shared.clone(),
+            session,
+            connection_id,
+            version,
+            peer,
+            will: connect.will.clone().map(Box::new),
+            connect_expiry_interval: expiry_interval,
+            wbuf,
+            sendable: Vec::new(),
+            window: usize::from(
+                shared.config.max_inflight.max(1).min(connect.properties.receive_maximum.unwrap_or(u16::MAX)),
+            ),
+            client_max_packet: connect.properties.maximum_packet_size,
+            inbound_aliases: HashMap::new(),
+            outbound_aliases: HashMap::new(),
+            client_alias_maximum: connect.properties.topic_alias_maximum.unwrap_or(0),
+            client,
+            auth_method,
+            reauth: None,
+            reauth_data: None,
+            needs_durable: false,
+            page_in: None,
+        };
+        conn.resend_inflight();
+        drop(connect);
+        Box::pin(conn.serve_until_closed(stream, rbuf, keep_alive, wake, kick_rx, problem_information))
+    };
+    Some(serving)
 }
 
 /// A connected client.
@@ -562,7 +562,7 @@ struct Conn {
     version: ProtocolVersion,
     peer: SocketAddr,
     /// Published if the connection ends without DISCONNECT.
-    will: Option<Will>,
+    will: Option<Box<Will>>,
     /// The Session Expiry Interval given at CONNECT.
     connect_expiry_interval: u32,
     /// Bytes owed to the client, written once per loop turn.
@@ -597,6 +597,38 @@ struct Conn {
 }
 
 impl Conn {
+    /// Serves the connection until it ends, then says why (MQTT 5) and
+    /// closes it.
+    async fn serve_until_closed<S>(
+        mut self,
+        mut stream: S,
+        rbuf: BytesMut,
+        keep_alive: Option<Duration>,
+        wake: Arc<Notify>,
+        kick_rx: oneshot::Receiver<Kick>,
+        problem_information: bool,
+    ) where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let close = self.serve(&mut stream, rbuf, keep_alive, &wake, kick_rx).await;
+        if self.version.is_v5()
+            && let Some(reason_code) = close.disconnect_reason()
+        {
+            // Best effort: the client may be gone or not reading.
+            let mut disconnect = Disconnect { reason_code, ..Default::default() };
+            // Say why, unless the client asked for no problem information (it
+            // may still get one on DISCONNECT [MQTT-3.1.2-29]; we hold back).
+            if problem_information {
+                disconnect.properties.reason_string = close.reason_string();
+            }
+            self.send(&Packet::Disconnect(disconnect));
+            let _ = Box::pin(tokio::time::timeout(Duration::from_secs(1), stream.write_all(&self.wbuf))).await;
+        }
+        self.finish(close);
+        let _ = stream.shutdown().await;
+        Metrics::dec(&self.shared.metrics.clients_connected);
+    }
+
     async fn serve<S>(
         &mut self,
         stream: &mut S,

@@ -144,7 +144,7 @@ pub(crate) struct SessionState {
     /// only if no connection attached since.
     pub(crate) detached_by: u64,
     /// A v5 will waiting out its Will Delay Interval.
-    pub(crate) pending_will: Option<Message>,
+    pub(crate) pending_will: Option<Box<Message>>,
     pub(crate) protocol: ProtocolVersion,
     /// Set once the session is discarded; a late publisher that still holds
     /// it (through a router snapshot) then drops instead of queueing.
@@ -342,7 +342,7 @@ impl SessionState {
         self.awaiting_rel.clear();
         Discarded {
             filters: self.subscriptions.drain().map(|(filter, _)| filter).collect(),
-            pending_will: self.pending_will.take(),
+            pending_will: self.pending_will.take().map(|will| *will),
             shared_orphans,
         }
     }
