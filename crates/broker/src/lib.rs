@@ -33,7 +33,7 @@ mod config;
 mod connection;
 mod metrics;
 mod persist;
-mod router;
+pub mod router;
 mod session;
 mod shared;
 pub mod store;

@@ -1,5 +1,8 @@
 //! The topic-filter index: a trie over topic levels.
 //!
+//! Public so that its cost can be benchmarked (`cargo bench -p
+//! midge-broker`) and reused by embedders; the broker routes with it.
+//!
 //! A publish walks only the branches its topic can reach (its literal level,
 //! `+`, and `#` at each depth), so matching costs grow with the topic's depth
 //! and the number of matches, not with the number of subscriptions.
@@ -11,14 +14,16 @@ use midge_codec::SubscriptionOptions;
 /// What a subscription asked for: its options and, in v5, its
 /// Subscription Identifier.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub(crate) struct Grant {
-    pub(crate) options: SubscriptionOptions,
-    pub(crate) identifier: Option<u32>,
+pub struct Grant {
+    /// QoS, No Local, Retain As Published, Retain Handling.
+    pub options: SubscriptionOptions,
+    /// The v5 Subscription Identifier, if any.
+    pub identifier: Option<u32>,
 }
 
 /// Subscriptions of type `T` (a subscriber handle) indexed by topic filter.
 #[derive(Debug)]
-pub(crate) struct TopicIndex<T> {
+pub struct TopicIndex<T> {
     root: Node<T>,
     len: usize,
 }
@@ -66,13 +71,18 @@ fn upsert<T: PartialEq>(list: &mut Vec<(T, Grant)>, key: T, options: Grant) -> b
 
 impl<T: PartialEq> TopicIndex<T> {
     /// Number of (filter, subscriber) entries.
-    pub(crate) fn len(&self) -> usize {
+    pub fn len(&self) -> usize {
         self.len
+    }
+
+    /// True if nothing is subscribed.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
     }
 
     /// Adds `key`'s subscription to a *valid* `filter`, or replaces its
     /// options if it already has one [MQTT-3.8.4-3].
-    pub(crate) fn insert(&mut self, filter: &str, key: T, options: Grant) {
+    pub fn insert(&mut self, filter: &str, key: T, options: Grant) {
         let mut node = &mut self.root;
         let mut levels = filter.split('/').peekable();
         while let Some(level) = levels.next() {
@@ -97,7 +107,7 @@ impl<T: PartialEq> TopicIndex<T> {
     }
 
     /// Removes `key`'s subscription to `filter`; true if it existed.
-    pub(crate) fn remove(&mut self, filter: &str, key: &T) -> bool {
+    pub fn remove(&mut self, filter: &str, key: &T) -> bool {
         let levels: Vec<&str> = filter.split('/').collect();
         let removed = Self::remove_at(&mut self.root, &levels, key);
         if removed {
@@ -133,7 +143,7 @@ impl<T: PartialEq> TopicIndex<T> {
     /// Calls `f` for every subscription matching the topic name `topic`.
     /// A subscriber with overlapping filters is reported once per filter;
     /// the caller merges them.
-    pub(crate) fn for_each_match<'a>(&'a self, topic: &str, mut f: impl FnMut(&'a T, Grant)) {
+    pub fn for_each_match<'a>(&'a self, topic: &str, mut f: impl FnMut(&'a T, Grant)) {
         // Topics starting with '$' are not matched by a leading '+' or '#' [MQTT-4.7.2-1].
         let dollar = topic.starts_with('$');
         let root = &self.root;
