@@ -318,7 +318,7 @@ impl Broker {
         }
         for session in recovered.sessions {
             report.sessions += 1;
-            report.queued += session.queued.len() + usize::try_from(session.spilled).unwrap_or(usize::MAX);
+            report.queued += session.queued.len() + usize::try_from(session.spilled()).unwrap_or(usize::MAX);
             report.subscriptions += session.record.subscriptions.len();
             self.shared.restore_session(session);
         }
@@ -369,7 +369,7 @@ impl Shared {
         let Some(store) = self.store() else { return };
         // A session that ends with its connection is not stored, unless it
         // still has a backlog in the store (it is removed when it ends).
-        if state.discarded || (state.ends_with_connection() && state.spilled == 0) {
+        if state.discarded || (state.ends_with_connection() && state.spill_from.is_none()) {
             if state.stored {
                 persist::end_session(store, state.sid);
                 state.stored = false;
@@ -541,7 +541,6 @@ impl Shared {
             // Connection ids start at 1: 0 means "restored, nobody attached since".
             state.detached_by = 0;
             state.next_seq = restored.next_seq;
-            state.spilled = restored.spilled;
             state.spill_from = restored.spill_from;
             state.subscriptions = filters.iter().cloned().collect();
             state.awaiting_rel = restored.awaiting_rel.into_iter().collect();

@@ -1179,8 +1179,8 @@ impl Conn {
         let records = store.scan(Table::Queue, start, end, limit).await?;
         let complete = records.len() < limit;
         let mut read = Vec::with_capacity(records.len());
-        for (key, value) in &records {
-            let record = persist::read_queued(key, value).map_err(|e| {
+        for (key, value) in records {
+            let record = persist::read_queued(&key, value).map_err(|e| {
                 StoreError(format!("the store's queue table has a record it cannot read (key {key:02x?}): {e}"))
             })?;
             read.push(record);

@@ -95,13 +95,15 @@ fn decode_message(buf: &mut Bytes) -> Result<Message, String> {
         return Err("message record of an unknown version".into());
     }
     let expires = buf.get_u64();
-    let mut packet = BytesMut::from(&buf[..]);
+    // Without a copy when nothing else holds the record: the payload is
+    // then a slice of what the store read.
+    let mut packet = BytesMut::from(std::mem::take(buf));
     let publish = match decode(&mut packet, ProtocolVersion::V5, u32::MAX) {
         Ok(Some(Packet::Publish(publish))) => publish,
         Ok(_) => return Err("message record does not hold a PUBLISH".into()),
         Err(e) => return Err(format!("message record: {e}")),
     };
-    buf.advance(buf.remaining() - packet.len());
+    *buf = packet.freeze();
     let mut message = Message::new(publish.topic, publish.payload, publish.qos, publish.retain, publish.properties);
     message.expires_at = (expires != 0).then(|| from_unix_ms(expires, Instant::now(), SystemTime::now()));
     Ok(message)
@@ -321,10 +323,9 @@ impl QueuedRecord {
 }
 
 /// Reads a queue record: `key` is (session, sequence).
-pub(crate) fn read_queued(key: &[u8], value: &[u8]) -> Result<QueuedRecord, String> {
+pub(crate) fn read_queued(key: &[u8], mut buf: Bytes) -> Result<QueuedRecord, String> {
     let (_, rest) = split_key(key)?;
     let seq = u64_of(rest)?;
-    let mut buf = Bytes::copy_from_slice(value);
     let version = buf.try_get_u8().map_err(|_| "truncated")?;
     if !(1..=QUEUE_VERSION).contains(&version) || buf.remaining() < 4 {
         return Err("queue record of an unknown version".into());
@@ -373,11 +374,20 @@ pub(crate) struct RecoveredSession {
     unsent: usize,
     /// The rest of the queue, left in the store: how many, and the first
     /// one's sequence number.
-    pub(crate) spilled: u64,
-    pub(crate) spill_from: u64,
+    pub(crate) spill_from: Option<u64>,
     /// The sequence number after the last one stored.
     pub(crate) next_seq: u64,
     pub(crate) awaiting_rel: Vec<u16>,
+}
+
+impl RecoveredSession {
+    /// Messages left in the store: sequence numbers run without gaps
+    /// through a backlog, so this counts them; numbers freed by messages
+    /// moved to another member of a share group make it an overestimate,
+    /// put right as the backlog is read.
+    pub(crate) fn spilled(&self) -> u64 {
+        self.spill_from.map_or(0, |from| self.next_seq - from)
+    }
 }
 
 /// What the store holds, decoded.
@@ -405,8 +415,7 @@ pub(crate) fn load(store: &dyn Store, window: usize) -> Result<Recovered, StoreE
             record,
             queued: Vec::new(),
             unsent: 0,
-            spilled: 0,
-            spill_from: 0,
+            spill_from: None,
             next_seq: 1,
             awaiting_rel: Vec::new(),
         });
@@ -433,10 +442,10 @@ pub(crate) fn load(store: &dyn Store, window: usize) -> Result<Recovered, StoreE
             };
             let was_sent = sent.get(&(sid, seq)).copied();
             if was_sent.is_none() && session.unsent >= window {
-                session.spill_from = seq;
+                session.spill_from = Some(seq);
                 return false;
             }
-            match read_queued(key, value) {
+            match read_queued(key, Bytes::copy_from_slice(value)) {
                 Ok(mut record) => {
                     record.sent = was_sent;
                     session.unsent += usize::from(was_sent.is_none());
@@ -455,12 +464,6 @@ pub(crate) fn load(store: &dyn Store, window: usize) -> Result<Recovered, StoreE
         if let Some(last) = store.last_key(Table::Queue, &start, &end)? {
             session.next_seq =
                 split_key(&last).and_then(|(_, rest)| u64_of(rest)).map_err(|e| bad(Table::Queue, &last, e))? + 1;
-        }
-        // Sequence numbers run without gaps through a backlog, so this
-        // counts it; numbers freed by messages moved to another member of a
-        // share group make it an overestimate, put right as it is read.
-        if session.spill_from != 0 {
-            session.spilled = session.next_seq - session.spill_from;
         }
     }
     for (key, _) in store.load(Table::AwaitingRel)? {
@@ -570,7 +573,7 @@ mod tests {
         let recovered = load(&store, 3).unwrap();
         let s = &recovered.sessions[0];
         assert_eq!(s.queued.iter().map(|q| q.seq).collect::<Vec<_>>(), [1, 2, 3, 4, 5], "2 sent + 3 unsent");
-        assert_eq!((s.spilled, s.spill_from, s.next_seq), (5, 6, 11));
+        assert_eq!((s.spilled(), s.spill_from, s.next_seq), (5, Some(6), 11));
         assert_eq!(s.queued[0].group.as_deref(), Some("g/a/#"));
         let back = recovered.sessions.into_iter().next().unwrap().queued.remove(0);
         let d = back.into_delivery(&|name| (name == "g/a/#").then(|| group.clone()));

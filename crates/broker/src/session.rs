@@ -152,13 +152,14 @@ pub(crate) struct SessionState {
     pub(crate) subscriptions: HashMap<String, Grant>,
     /// Messages not yet sent: waiting for a connection or a free in-flight
     /// slot. For a stored session at most `max_queued_in_memory` of them;
-    /// the rest are `spilled`.
+    /// the rest wait in the store.
     pub(crate) queue: VecDeque<Delivery>,
-    /// Stored deliveries held only in the store: the backlog after
-    /// everything in `queue`, from sequence number `spill_from` on. They
-    /// are paged back in (see [`SessionState::refill`]) as `queue` empties.
-    pub(crate) spilled: u64,
-    pub(crate) spill_from: u64,
+    /// Where the backlog held only in the store starts: it is every
+    /// sequence number from here to `next_seq` (they are given out one by
+    /// one while it exists, and only read ones are deleted), after
+    /// everything in `queue`. Paged back in (see [`SessionState::refill`])
+    /// as `queue` empties. `None`: no backlog.
+    pub(crate) spill_from: Option<u64>,
     /// Sent QoS 1/2 messages not yet acknowledged, in send order.
     pub(crate) inflight: VecDeque<Inflight>,
     next_packet_id: u16,
@@ -211,8 +212,7 @@ impl Session {
                 discarded: false,
                 subscriptions: HashMap::new(),
                 queue: VecDeque::new(),
-                spilled: 0,
-                spill_from: 0,
+                spill_from: None,
                 inflight: VecDeque::new(),
                 next_packet_id: 0,
                 awaiting_rel: HashSet::new(),
@@ -246,22 +246,19 @@ impl Session {
         if !online && delivery.qos == QoS::AtMostOnce {
             return Enqueued::DroppedQoS0Offline;
         }
-        if state.queue.len() as u64 + state.spilled >= config.max_queued_messages as u64 {
+        if state.queue.len() as u64 + state.spilled() >= config.max_queued_messages as u64 {
             return Enqueued::DroppedQueueFull;
         }
         delivery.seq = 0;
         if let Some(store) = store
             && state.stored
-            && (delivery.qos != QoS::AtMostOnce || state.spilled > 0)
+            && (delivery.qos != QoS::AtMostOnce || state.spill_from.is_some())
         {
             delivery.seq = state.next_seq;
             state.next_seq += 1;
             persist::put_queued(store, state.sid, delivery.seq, &delivery);
-            if state.spilled > 0 || state.queue.len() >= config.max_queued_in_memory {
-                if state.spilled == 0 {
-                    state.spill_from = delivery.seq;
-                }
-                state.spilled += 1;
+            if state.spill_from.is_some() || state.queue.len() >= config.max_queued_in_memory {
+                state.spill_from.get_or_insert(delivery.seq);
                 // A connection that ran dry looks at the backlog when woken.
                 let wake = state.queue.is_empty().then(|| state.owner.as_ref().map(|o| o.wake.clone())).flatten();
                 drop(state);
@@ -337,7 +334,7 @@ impl SessionState {
         // Their stored copies went with the session's.
         shared_orphans.iter_mut().for_each(|d| d.seq = 0);
         self.queue.clear();
-        self.spilled = 0;
+        self.spill_from = None;
         self.inflight.clear();
         self.awaiting_rel.clear();
         Discarded {
@@ -433,11 +430,18 @@ impl SessionState {
     /// the sequence numbers from and up to (not including), when the
     /// in-memory queue has run dry and the in-flight window has room.
     pub(crate) fn refill_from(&self, window: usize) -> Option<Refill> {
-        (self.spilled > 0 && self.queue.is_empty() && self.inflight.len() < window).then_some(Refill {
+        let from = self.spill_from?;
+        (self.queue.is_empty() && self.inflight.len() < window).then_some(Refill {
             sid: self.sid,
-            from: self.spill_from,
+            from,
             to: self.next_seq,
         })
+    }
+
+    /// How many messages wait in the store only (an overestimate after a
+    /// restart if some sequence numbers there were freed; see `persist::load`).
+    pub(crate) fn spilled(&self) -> u64 {
+        self.spill_from.map_or(0, |from| self.next_seq - from)
     }
 
     /// Appends backlog deliveries read from the store (in sequence order)
@@ -448,19 +452,18 @@ impl SessionState {
     /// that it did not find are gaps (messages taken by another share
     /// group member before a restart), not messages still to read.
     pub(crate) fn refill(&mut self, refill: Refill, complete: bool, deliveries: Vec<Delivery>) {
+        let Some(mut from) = self.spill_from else { return };
         for delivery in deliveries {
-            if self.spilled == 0 || delivery.seq < self.spill_from {
+            if delivery.seq < from {
                 continue;
             }
-            self.spill_from = delivery.seq + 1;
+            from = delivery.seq + 1;
             self.queue.push_back(delivery);
         }
         if complete {
-            self.spill_from = self.spill_from.max(refill.to);
+            from = from.max(refill.to);
         }
-        // The backlog is every sequence number from spill_from on: they are
-        // given out one by one while it exists, and only read ones are deleted.
-        self.spilled = self.next_seq.saturating_sub(self.spill_from);
+        self.spill_from = (from < self.next_seq).then_some(from);
     }
 
     /// Deletes a delivery's stored copy, if it has one (`seq` 0: none).
@@ -522,7 +525,7 @@ mod tests {
             .unwrap();
         let complete = records.len() < limit;
         let deliveries =
-            records.iter().map(|(k, v)| persist::read_queued(k, v).unwrap().into_delivery(&|_| None)).collect();
+            records.into_iter().map(|(k, v)| persist::read_queued(&k, v).unwrap().into_delivery(&|_| None)).collect();
         session.state.lock().refill(refill, complete, deliveries);
         true
     }
@@ -538,7 +541,7 @@ mod tests {
         }
         {
             let state = session.state.lock();
-            assert_eq!((state.queue.len(), state.spilled, state.spill_from), (100, 900, 101));
+            assert_eq!((state.queue.len(), state.spilled(), state.spill_from), (100, 900, Some(101)));
         }
         assert_eq!(store.len(Table::Queue), 1000, "every QoS 1 delivery is stored");
 
@@ -559,7 +562,7 @@ mod tests {
         }
         assert_eq!(got, (0..1000).collect::<Vec<_>>());
         assert_eq!(store.len(Table::Queue), 0);
-        assert_eq!(session.state.lock().spilled, 0);
+        assert_eq!(session.state.lock().spilled(), 0);
     }
 
     #[tokio::test]
@@ -576,7 +579,7 @@ mod tests {
         for (n, qos) in [(0, QoS::AtLeastOnce), (1, QoS::AtLeastOnce), (2, QoS::AtLeastOnce), (3, QoS::AtMostOnce)] {
             assert_eq!(session.enqueue(delivery(n, qos), &config, Some(&store)), Enqueued::Queued);
         }
-        assert_eq!(session.state.lock().spilled, 2);
+        assert_eq!(session.state.lock().spilled(), 2);
         assert_eq!(store.len(Table::Queue), 4);
         session.enqueue(delivery(4, QoS::AtLeastOnce), &config, Some(&store));
         session.enqueue(delivery(5, QoS::AtLeastOnce), &config, Some(&store));
