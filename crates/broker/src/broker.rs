@@ -13,7 +13,6 @@ use midge_codec::{MqttStr, ProtocolVersion, PublishProperties, QoS, topic};
 use parking_lot::{Mutex, RwLock};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
-use tokio::sync::{Notify, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -22,7 +21,7 @@ use crate::config::BrokerConfig;
 use crate::metrics::Metrics;
 use crate::persist;
 use crate::router::{Grant, TopicIndex};
-use crate::session::{Delivery, Discarded, Enqueued, Kick, Message, Session, SessionState};
+use crate::session::{Delivery, Discarded, Enqueued, Kick, Message, Session, SessionState, Signal};
 use crate::shared::{SharedGroup, Subscriber};
 use crate::store::{Store, StoreError};
 use crate::throttle::LoginThrottle;
@@ -290,8 +289,20 @@ impl Broker {
     /// for connections to finish, then makes everything written durable.
     pub async fn shutdown(&self, grace: Duration) {
         self.shared.shutdown.cancel();
+        // Connections wait on their signal, not on the token: each is told.
+        // One that attaches after this sees the token cancelled.
+        for session in self.shared.sessions.lock().values() {
+            if let Some(owner) = &session.state.lock().owner {
+                owner.signal.kick(Kick::Shutdown);
+            }
+        }
         self.shared.tasks.close();
-        let _ = tokio::time::timeout(grace, self.shared.tasks.wait()).await;
+        if tokio::time::timeout(grace, self.shared.tasks.wait()).await.is_err() {
+            tracing::warn!(
+                "{} connections and tasks did not close within {grace:?}; dropping them",
+                self.shared.tasks.len()
+            );
+        }
         if let Some(store) = self.shared.store.clone() {
             let closed = tokio::task::spawn_blocking(move || store.close()).await;
             if let Ok(Err(e)) = closed {
@@ -409,8 +420,7 @@ impl Shared {
         expiry_interval: u32,
         protocol: ProtocolVersion,
         connection_id: u64,
-        wake: Arc<Notify>,
-        kick: oneshot::Sender<Kick>,
+        signal: Arc<Signal>,
     ) -> (Arc<Session>, bool) {
         let mut sessions = self.sessions.lock();
         if let Some(existing) = sessions.get(client_id).cloned() {
@@ -419,7 +429,7 @@ impl Shared {
                 // The session continues on the new connection; the old
                 // connection's will is not published (as Mosquitto does),
                 // and a delayed will is cancelled [MQTT-3.1.3-9].
-                state.attach(connection_id, wake, kick, Kick::TakenOver { publish_will: false });
+                state.attach(connection_id, signal, Kick::TakenOver { publish_will: false });
                 state.expiry_interval = expiry_interval;
                 state.protocol = protocol;
                 state.pending_will = None;
@@ -436,7 +446,7 @@ impl Shared {
         let session = Arc::new(Session::new(client_id.into(), sid, expiry_interval, protocol));
         {
             let mut state = session.state.lock();
-            state.attach(connection_id, wake, kick, Kick::TakenOver { publish_will: true });
+            state.attach(connection_id, signal, Kick::TakenOver { publish_will: true });
             self.store_session(&session, &mut state, None);
         }
         session.set_online(true);

@@ -25,7 +25,6 @@ use midge_codec::{
     decode, encode, encode_publish, publish_encoded_len, topic,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{Notify, oneshot};
 use tokio::time::Instant;
 
 use crate::auth::{AuthExchange, AuthStep, ClientInfo, Verdict};
@@ -33,7 +32,7 @@ use crate::broker::{Origin, Shared};
 use crate::metrics::Metrics;
 use crate::persist;
 use crate::router::Grant;
-use crate::session::{Delivery, InflightState, Kick, Message, Refill, Session};
+use crate::session::{Delivery, InflightState, Kick, Message, Refill, Session, Signal};
 use crate::store::{StoreError, Table};
 use crate::throttle::{Admission, Ticket};
 
@@ -94,40 +93,55 @@ impl Close {
 
 enum Event {
     Read(std::io::Result<usize>),
-    Wake,
+    Signal,
     Timer,
-    Kicked(Option<Kick>),
-    Shutdown,
 }
 
 /// Serves one client until its connection ends.
-pub(crate) async fn run<S>(shared: Arc<Shared>, mut stream: S, origin: Origin)
+///
+/// The handshake, with everything it needs, lives in one allocation that
+/// is freed when it ends; serving lives in another, sized for serving
+/// only. The task's own future is a few pointers: thousands of idle
+/// clients each hold only what serving them needs.
+pub(crate) fn run<S>(shared: Arc<Shared>, stream: S, origin: Origin) -> impl Future<Output = ()> + Send + 'static
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    Metrics::inc(&shared.metrics.connections_current);
+    Metrics::inc(&shared.metrics.connections_total);
+    let handshake = Box::pin(handshake(shared.clone(), stream, origin));
+    async move {
+        if let Some(serving) = handshake.await {
+            serving.await;
+        }
+        Metrics::dec(&shared.metrics.connections_current);
+    }
+}
+
+/// Reads CONNECT and answers it; returns the serving of the session, or
+/// `None` if the client was refused or went away.
+async fn handshake<S>(
+    shared: Arc<Shared>,
+    mut stream: S,
+    origin: Origin,
+) -> Option<Pin<Box<impl Future<Output = ()> + use<S>>>>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let peer = origin.peer;
-    Metrics::inc(&shared.metrics.connections_current);
-    Metrics::inc(&shared.metrics.connections_total);
-    let mut rbuf = BytesMut::with_capacity(256);
-    // Boxed, as the waits of `run_session` are: this task's future stays
-    // small for as long as the client is connected.
-    let connect = Box::pin(async {
-        tokio::select! {
-            c = tokio::time::timeout(shared.config.connect_timeout, read_connect(&shared, &mut stream, &mut rbuf, peer)) => c,
-            _ = shared.shutdown.cancelled() => Ok(None),
+    let mut rbuf = BytesMut::new();
+    let connect = tokio::select! {
+        c = tokio::time::timeout(shared.config.connect_timeout, read_connect(&shared, &mut stream, &mut rbuf, peer)) => c,
+        _ = shared.shutdown.cancelled() => Ok(None),
+    };
+    match connect {
+        Ok(Some(connect)) => run_session(&shared, stream, rbuf, origin, connect).await,
+        Ok(None) => None,
+        Err(_) => {
+            tracing::debug!(%peer, "no CONNECT within {:?}; closing", shared.config.connect_timeout);
+            None
         }
-    })
-    .await;
-    if let Ok(Some(connect)) = connect {
-        // Boxed and finished before serving starts: the handshake's future
-        // is not kept for the life of the connection.
-        if let Some(serving) = Box::pin(run_session(&shared, stream, rbuf, origin, connect)).await {
-            serving.await;
-        }
-    } else if connect.is_err() {
-        tracing::debug!(%peer, "no CONNECT within {:?}; closing", shared.config.connect_timeout);
     }
-    Metrics::dec(&shared.metrics.connections_current);
 }
 
 /// Reads the first packet, which must be CONNECT [MQTT-3.1.0-1]. Answers
@@ -208,7 +222,7 @@ where
             return Ok(packet);
         }
         reserve(rbuf, &mut false);
-        match stream.read_buf(rbuf).await {
+        match read_some(stream, rbuf).await {
             Ok(0) | Err(_) => return Err(None),
             Ok(n) => Metrics::add(&shared.metrics.bytes_received, n as u64),
         }
@@ -300,24 +314,45 @@ async fn refuse<S: AsyncWrite + Unpin>(stream: &mut S, version: ProtocolVersion,
 }
 
 /// Room for the next read. A client's buffer stays small until it sends
-/// more than one read's worth at a time (thousands of idle clients that
-/// only ping do not each hold kilobytes); from then on (`busy`) it reads
-/// 4 KiB at a time.
+/// more than one read's worth at a time; from then on (`busy`) it reads
+/// 4 KiB at a time. An idle client holds no read buffer at all: once
+/// everything read is handled the buffer is let go, and the next read
+/// goes through the stack (see [`read_some`]). Thousands of clients that
+/// only ping do not each hold a buffer.
 fn reserve(buf: &mut BytesMut, busy: &mut bool) {
     let spare = buf.capacity() - buf.len();
     if *busy {
         if spare < 512 {
             buf.reserve(4096);
         }
-    } else if spare < 64 {
-        if buf.is_empty() {
-            // Takes its own allocation back when nothing else holds it.
-            buf.reserve(256);
-        } else {
-            *busy = true;
-            buf.reserve(4096);
+    } else if buf.is_empty() {
+        if buf.capacity() > 0 {
+            *buf = BytesMut::new();
         }
+    } else if spare < 64 {
+        // Part of a packet is waiting for the rest.
+        *busy = true;
+        buf.reserve(4096);
     }
+}
+
+/// Reads what the client sent into `rbuf`: straight into its spare room,
+/// or, when it has none (an idle client's empty buffer), through a stack
+/// buffer, allocating only for what arrived.
+fn read_some<'a, S>(stream: &'a mut S, rbuf: &'a mut BytesMut) -> impl Future<Output = std::io::Result<usize>> + 'a
+where
+    S: AsyncRead + Unpin,
+{
+    std::future::poll_fn(move |cx| {
+        if rbuf.capacity() > rbuf.len() {
+            return std::pin::pin!(stream.read_buf(&mut *rbuf)).poll(cx);
+        }
+        let mut scratch = [std::mem::MaybeUninit::<u8>::uninit(); 2048];
+        let mut read = tokio::io::ReadBuf::uninit(&mut scratch);
+        std::task::ready!(Pin::new(&mut *stream).poll_read(cx, &mut read))?;
+        rbuf.extend_from_slice(read.filled());
+        std::task::Poll::Ready(Ok(read.filled().len()))
+    })
 }
 
 /// Counts a refused login against its address, and says so when that
@@ -480,17 +515,9 @@ where
         _ => u32::MAX,
     };
     let connection_id = shared.next_connection_id();
-    let wake = Arc::new(Notify::new());
-    let (kick_tx, kick_rx) = oneshot::channel();
-    let (session, session_present) = shared.attach_session(
-        &client_id,
-        connect.clean_start,
-        expiry_interval,
-        version,
-        connection_id,
-        wake.clone(),
-        kick_tx,
-    );
+    let signal = Arc::new(Signal::default());
+    let (session, session_present) =
+        shared.attach_session(&client_id, connect.clean_start, expiry_interval, version, connection_id, signal.clone());
     // MQTT 3.1 has no session present flag.
     let session_present = session_present && version != ProtocolVersion::V3_1;
     let mut connack = ConnAck { session_present, reason_code: ReasonCode::Success, ..Default::default() };
@@ -537,19 +564,16 @@ where
                 shared.config.max_inflight.max(1).min(connect.properties.receive_maximum.unwrap_or(u16::MAX)),
             ),
             client_max_packet: connect.properties.maximum_packet_size,
-            inbound_aliases: HashMap::new(),
-            outbound_aliases: HashMap::new(),
+            aliases: None,
             client_alias_maximum: connect.properties.topic_alias_maximum.unwrap_or(0),
             client,
-            auth_method,
-            reauth: None,
-            reauth_data: None,
+            auth: auth_method.map(|method| Box::new(EnhancedAuth { method, exchange: None, data: None })),
             needs_durable: false,
             page_in: None,
         };
         conn.resend_inflight();
         drop(connect);
-        Box::pin(conn.serve_until_closed(stream, rbuf, keep_alive, wake, kick_rx, problem_information))
+        Box::pin(conn.serve_until_closed(stream, rbuf, keep_alive, signal, problem_information))
     };
     Some(serving)
 }
@@ -575,19 +599,13 @@ struct Conn {
     /// The client's v5 Maximum Packet Size; larger PUBLISH packets are not
     /// sent to it [MQTT-3.1.2-25].
     client_max_packet: Option<u32>,
-    /// Topic aliases the client set on this connection (v5 section 3.3.2.3.4).
-    inbound_aliases: HashMap<u16, MqttStr>,
-    /// Aliases we gave topics towards the client, up to its Topic Alias Maximum.
-    outbound_aliases: HashMap<MqttStr, u16>,
+    /// Topic aliases of this connection, once one is used.
+    aliases: Option<Box<Aliases>>,
     client_alias_maximum: u16,
     /// Who the client is, as the authenticator saw it.
     client: ClientInfo,
-    /// The enhanced authentication method of the CONNECT, if any.
-    auth_method: Option<String>,
-    /// A re-authentication in progress [MQTT-4.12.1-1].
-    reauth: Option<Box<dyn AuthExchange>>,
-    /// Data of the client's latest AUTH, for the exchange's next step.
-    reauth_data: Option<Option<Bytes>>,
+    /// Enhanced authentication, if the CONNECT named a method.
+    auth: Option<Box<EnhancedAuth>>,
     /// Store writes were made that must be durable before `wbuf` goes out
     /// (it holds their acknowledgements).
     needs_durable: bool,
@@ -596,145 +614,197 @@ struct Conn {
     page_in: Option<Refill>,
 }
 
+/// Topic aliases, kept apart from [`Conn`]: most clients never use any.
+#[derive(Default)]
+struct Aliases {
+    /// Set by the client on this connection (v5 section 3.3.2.3.4).
+    inbound: HashMap<u16, MqttStr>,
+    /// Given by us to topics towards the client, up to its Topic Alias Maximum.
+    outbound: HashMap<MqttStr, u16>,
+}
+
+/// A client's enhanced authentication (v5 section 4.12).
+struct EnhancedAuth {
+    /// The method of the CONNECT.
+    method: String,
+    /// A re-authentication in progress [MQTT-4.12.1-1].
+    exchange: Option<Box<dyn AuthExchange>>,
+    /// Data of the client's latest AUTH, for the exchange's next step.
+    data: Option<Option<Bytes>>,
+}
+
 impl Conn {
     /// Serves the connection until it ends, then says why (MQTT 5) and
     /// closes it.
-    async fn serve_until_closed<S>(
+    ///
+    /// An `async` block, not an `async fn`: the arguments of an `async fn`
+    /// are moved into its body, so its future holds each of them twice
+    /// (the whole `Conn` included) for the life of the connection.
+    #[allow(clippy::manual_async_fn)]
+    fn serve_until_closed<S>(
         mut self,
         mut stream: S,
-        rbuf: BytesMut,
-        keep_alive: Option<Duration>,
-        wake: Arc<Notify>,
-        kick_rx: oneshot::Receiver<Kick>,
-        problem_information: bool,
-    ) where
-        S: AsyncRead + AsyncWrite + Unpin,
-    {
-        let close = self.serve(&mut stream, rbuf, keep_alive, &wake, kick_rx).await;
-        if self.version.is_v5()
-            && let Some(reason_code) = close.disconnect_reason()
-        {
-            // Best effort: the client may be gone or not reading.
-            let mut disconnect = Disconnect { reason_code, ..Default::default() };
-            // Say why, unless the client asked for no problem information (it
-            // may still get one on DISCONNECT [MQTT-3.1.2-29]; we hold back).
-            if problem_information {
-                disconnect.properties.reason_string = close.reason_string();
-            }
-            self.send(&Packet::Disconnect(disconnect));
-            let _ = Box::pin(tokio::time::timeout(Duration::from_secs(1), stream.write_all(&self.wbuf))).await;
-        }
-        self.finish(close);
-        let _ = stream.shutdown().await;
-        Metrics::dec(&self.shared.metrics.clients_connected);
-    }
-
-    async fn serve<S>(
-        &mut self,
-        stream: &mut S,
         mut rbuf: BytesMut,
         keep_alive: Option<Duration>,
-        wake: &Notify,
-        mut kick_rx: oneshot::Receiver<Kick>,
-    ) -> Close
+        signal: Arc<Signal>,
+        problem_information: bool,
+    ) -> impl Future<Output = ()>
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
-        // The timer is pushed back lazily: reading only stamps
-        // `last_packet`; when the timer fires early it is re-armed from there.
-        let mut last_packet = Instant::now();
-        let far = Duration::from_secs(86400 * 365);
-        let timer = tokio::time::sleep(keep_alive.unwrap_or(far));
-        tokio::pin!(timer);
-        let shutdown = self.shared.shutdown.clone();
-        let mut busy = false;
-        // Clients may send packets right behind CONNECT without waiting
-        // for CONNACK (section 3.1.4); they may already be buffered.
-        if let Err(close) = Box::pin(self.handle_buffered(&mut rbuf)).await {
-            return close;
+        async move {
+            let close = self.serve(&mut stream, &mut rbuf, keep_alive, &signal).await;
+            if self.version.is_v5()
+                && let Some(reason_code) = close.disconnect_reason()
+            {
+                // Best effort: the client may be gone or not reading.
+                let mut disconnect = Disconnect { reason_code, ..Default::default() };
+                // Say why, unless the client asked for no problem information (it
+                // may still get one on DISCONNECT [MQTT-3.1.2-29]; we hold back).
+                if problem_information {
+                    disconnect.properties.reason_string = close.reason_string();
+                }
+                self.send(&Packet::Disconnect(disconnect));
+                let _ = Box::pin(tokio::time::timeout(Duration::from_secs(1), stream.write_all(&self.wbuf))).await;
+            }
+            self.finish(close);
+            let _ = Box::pin(stream.shutdown()).await;
+            Metrics::dec(&self.shared.metrics.clients_connected);
         }
-        if let Err(close) = self.reauthenticate().await {
-            return close;
-        }
-        // Anything already queued for a resumed session goes out now.
-        self.drain();
-        loop {
-            if let Some(refill) = self.page_in.take() {
-                if let Err(e) = Box::pin(self.page_in(refill)).await {
-                    self.wbuf.clear();
-                    return Close::Store(e);
+    }
+
+    /// The serving loop. Waits on three things: bytes from the client, the
+    /// session's signal (something queued, or go) and the keep-alive timer.
+    /// An `async` block for the reason given at `serve_until_closed`.
+    #[allow(clippy::manual_async_fn)]
+    fn serve<'a, S>(
+        &'a mut self,
+        stream: &'a mut S,
+        rbuf: &'a mut BytesMut,
+        keep_alive: Option<Duration>,
+        signal: &'a Signal,
+    ) -> impl Future<Output = Close> + 'a
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        async move {
+            // The timer is pushed back lazily: reading only stamps
+            // `last_packet`; when the timer fires early it is re-armed from there.
+            let mut last_packet = Instant::now();
+            let far = Duration::from_secs(86400 * 365);
+            let timer = tokio::time::sleep(keep_alive.unwrap_or(far));
+            tokio::pin!(timer);
+            let mut busy = false;
+            // Told to go before serving started: by shutdown (which signals
+            // only connections attached when it began) or a takeover.
+            if self.shared.shutdown.is_cancelled() {
+                return Close::Shutdown;
+            }
+            // Clients may send packets right behind CONNECT without waiting
+            // for CONNACK (section 3.1.4); they may already be buffered.
+            if let Err(close) = Box::pin(self.handle_buffered(rbuf)).await {
+                return close;
+            }
+            if let Err(close) = self.reauthenticate().await {
+                return close;
+            }
+            // Anything already queued for a resumed session goes out now.
+            self.drain();
+            loop {
+                if let Some(refill) = self.page_in.take() {
+                    if let Err(e) = Box::pin(self.page_in(refill)).await {
+                        self.wbuf.clear();
+                        return Close::Store(e);
+                    }
+                    self.drain();
+                }
+                if self.needs_durable {
+                    self.needs_durable = false;
+                    if let Some(store) = &self.shared.store
+                        && let Err(e) = store.durable().await
+                    {
+                        // Nothing is acknowledged that is not stored.
+                        self.wbuf.clear();
+                        return Close::Store(e);
+                    }
+                }
+                if !self.wbuf.is_empty() {
+                    // A client that stops reading blocks only itself; it can
+                    // still be taken over, shut down or timed out meanwhile.
+                    let n = self.wbuf.len();
+                    let mut woken = false;
+                    let mut write = std::pin::pin!(stream.write_all(&self.wbuf));
+                    let written = loop {
+                        tokio::select! {
+                            biased;
+                            _ = signal.notified() => {
+                                if let Some(kick) = signal.kicked() {
+                                    return kicked(kick);
+                                }
+                                woken = true;
+                            }
+                            _ = &mut timer, if keep_alive.is_some() => {
+                                if keep_alive_expired(timer.as_mut(), last_packet, keep_alive) {
+                                    return Close::KeepAliveTimeout;
+                                }
+                            }
+                            w = &mut write => break w,
+                        }
+                    };
+                    if let Err(e) = written {
+                        return Close::Io(e);
+                    }
+                    Metrics::add(&self.shared.metrics.bytes_sent, n as u64);
+                    // A small buffer is let go (an idle client holds none); a
+                    // busy client's grown one is kept.
+                    if self.wbuf.capacity() <= 256 {
+                        self.wbuf = BytesMut::new();
+                    } else {
+                        self.wbuf.clear();
+                    }
+                    if woken {
+                        // The wake-up was taken while writing: what it was for
+                        // is queued now.
+                        self.drain();
+                        continue;
+                    }
+                }
+                reserve(rbuf, &mut busy);
+                let event = tokio::select! {
+                    biased;
+                    _ = signal.notified() => Event::Signal,
+                    _ = &mut timer, if keep_alive.is_some() => Event::Timer,
+                    read = read_some(stream, rbuf) => Event::Read(read),
+                };
+                match event {
+                    Event::Read(Ok(0)) => return Close::PeerClosed,
+                    Event::Read(Err(e)) => return Close::Io(e),
+                    Event::Read(Ok(n)) => {
+                        Metrics::add(&self.shared.metrics.bytes_received, n as u64);
+                        last_packet = Instant::now();
+                        // Boxed (one allocation per read, not per packet): its
+                        // future is large, and an idle connection would otherwise
+                        // carry room for it all the time.
+                        if let Err(close) = Box::pin(self.handle_buffered(rbuf)).await {
+                            return close;
+                        }
+                        if let Err(close) = self.reauthenticate().await {
+                            return close;
+                        }
+                    }
+                    Event::Signal => {
+                        if let Some(kick) = signal.kicked() {
+                            return kicked(kick);
+                        }
+                    }
+                    Event::Timer => {
+                        if keep_alive_expired(timer.as_mut(), last_packet, keep_alive) {
+                            return Close::KeepAliveTimeout;
+                        }
+                    }
                 }
                 self.drain();
             }
-            if self.needs_durable {
-                self.needs_durable = false;
-                if let Some(store) = &self.shared.store
-                    && let Err(e) = store.durable().await
-                {
-                    // Nothing is acknowledged that is not stored.
-                    self.wbuf.clear();
-                    return Close::Store(e);
-                }
-            }
-            if !self.wbuf.is_empty() {
-                // A client that stops reading blocks only itself; it can
-                // still be taken over, shut down or timed out meanwhile.
-                let n = self.wbuf.len();
-                let mut write = std::pin::pin!(stream.write_all(&self.wbuf));
-                let written = loop {
-                    tokio::select! {
-                        biased;
-                        kick = &mut kick_rx => return kicked(kick.ok()),
-                        _ = shutdown.cancelled() => return Close::Shutdown,
-                        _ = &mut timer, if keep_alive.is_some() => {
-                            if keep_alive_expired(timer.as_mut(), last_packet, keep_alive) {
-                                return Close::KeepAliveTimeout;
-                            }
-                        }
-                        w = &mut write => break w,
-                    }
-                };
-                if let Err(e) = written {
-                    return Close::Io(e);
-                }
-                Metrics::add(&self.shared.metrics.bytes_sent, n as u64);
-                self.wbuf.clear();
-            }
-            reserve(&mut rbuf, &mut busy);
-            let event = tokio::select! {
-                biased;
-                kick = &mut kick_rx => Event::Kicked(kick.ok()),
-                _ = shutdown.cancelled() => Event::Shutdown,
-                _ = &mut timer, if keep_alive.is_some() => Event::Timer,
-                read = stream.read_buf(&mut rbuf) => Event::Read(read),
-                _ = wake.notified() => Event::Wake,
-            };
-            match event {
-                Event::Read(Ok(0)) => return Close::PeerClosed,
-                Event::Read(Err(e)) => return Close::Io(e),
-                Event::Read(Ok(n)) => {
-                    Metrics::add(&self.shared.metrics.bytes_received, n as u64);
-                    last_packet = Instant::now();
-                    // Boxed (one allocation per read, not per packet): its
-                    // future is large, and an idle connection would otherwise
-                    // carry room for it all the time.
-                    if let Err(close) = Box::pin(self.handle_buffered(&mut rbuf)).await {
-                        return close;
-                    }
-                    if let Err(close) = self.reauthenticate().await {
-                        return close;
-                    }
-                }
-                Event::Wake => {}
-                Event::Timer => {
-                    if keep_alive_expired(timer.as_mut(), last_packet, keep_alive) {
-                        return Close::KeepAliveTimeout;
-                    }
-                }
-                Event::Kicked(kick) => return kicked(kick),
-                Event::Shutdown => return Close::Shutdown,
-            }
-            self.drain();
         }
     }
 
@@ -844,30 +914,30 @@ impl Conn {
     /// re-authentication, whose step runs in [`Conn::reauthenticate`].
     /// Other packets keep flowing meanwhile (v5 section 4.12.1).
     fn handle_auth(&mut self, auth: Auth) -> Result<(), Close> {
-        let Some(method) = &self.auth_method else {
+        let Some(state) = &mut self.auth else {
             return Err(Close::ProtocolViolation(
                 ReasonCode::ProtocolError,
                 "AUTH without an authentication method at CONNECT [MQTT-4.12.0-7]",
             ));
         };
-        if auth.properties.authentication_method.as_deref() != Some(method.as_str()) {
+        if auth.properties.authentication_method.as_deref() != Some(state.method.as_str()) {
             return Err(Close::ProtocolViolation(
                 ReasonCode::ProtocolError,
                 "AUTH with another authentication method than CONNECT's [MQTT-4.12.1-1]",
             ));
         }
-        if self.reauth_data.is_some() {
+        if state.data.is_some() {
             return Err(Close::ProtocolViolation(
                 ReasonCode::ProtocolError,
                 "AUTH before the server answered the previous one (v5 section 4.12)",
             ));
         }
-        match (auth.reason_code, self.reauth.is_some()) {
+        match (auth.reason_code, state.exchange.is_some()) {
             (ReasonCode::ReAuthenticate, false) => {
-                let Some(exchange) = self.shared.hooks.authenticator.start_exchange(method, &self.client) else {
+                let Some(exchange) = self.shared.hooks.authenticator.start_exchange(&state.method, &self.client) else {
                     return Err(Close::ReauthFailed(ReasonCode::BadAuthenticationMethod));
                 };
-                self.reauth = Some(exchange);
+                state.exchange = Some(exchange);
             }
             (ReasonCode::ContinueAuthentication, true) => {}
             _ => {
@@ -877,26 +947,25 @@ impl Conn {
                 ));
             }
         }
-        self.reauth_data = Some(auth.properties.authentication_data);
+        state.data = Some(auth.properties.authentication_data);
         Ok(())
     }
 
     /// Runs the step of a re-authentication the client's last AUTH asked for.
     async fn reauthenticate(&mut self) -> Result<(), Close> {
-        let (Some(data), Some(exchange), Some(method)) =
-            (self.reauth_data.take(), self.reauth.as_mut(), &self.auth_method)
-        else {
+        let Some(state) = &mut self.auth else { return Ok(()) };
+        let (Some(data), Some(exchange)) = (state.data.take(), state.exchange.as_mut()) else {
             return Ok(());
         };
         match exchange.step(data).await {
             AuthStep::Continue(challenge) => {
-                let packet = auth_packet(ReasonCode::ContinueAuthentication, method, Some(challenge));
+                let packet = auth_packet(ReasonCode::ContinueAuthentication, &state.method, Some(challenge));
                 self.send(&packet);
             }
             AuthStep::Success { data, username } => {
-                let packet = auth_packet(ReasonCode::Success, method, data);
+                let packet = auth_packet(ReasonCode::Success, &state.method, data);
+                state.exchange = None;
                 self.send(&packet);
-                self.reauth = None;
                 tracing::debug!(client_id = %self.session.client_id, peer = %self.peer, username, "re-authenticated");
                 self.client.username = username.or(self.client.username.take());
             }
@@ -916,7 +985,7 @@ impl Conn {
                 ));
             }
             if publish.topic.is_empty() {
-                let Some(topic) = self.inbound_aliases.get(&alias) else {
+                let Some(topic) = self.aliases.as_ref().and_then(|a| a.inbound.get(&alias)) else {
                     return Err(Close::ProtocolViolation(
                         ReasonCode::ProtocolError,
                         "topic alias used before it was set (v5 section 3.3.4)",
@@ -924,7 +993,7 @@ impl Conn {
                 };
                 publish.topic = topic.clone();
             } else {
-                self.inbound_aliases.insert(alias, publish.topic.clone());
+                self.aliases.get_or_insert_default().inbound.insert(alias, publish.topic.clone());
             }
         } else if publish.topic.is_empty() {
             return Err(Close::ProtocolViolation(
@@ -1229,7 +1298,7 @@ impl Conn {
             }
             // The client learns an alias only from a packet it receives.
             if let Some((topic, alias)) = new_alias {
-                self.outbound_aliases.insert(topic, alias);
+                self.aliases.get_or_insert_default().outbound.insert(topic, alias);
             }
             let _ = encode_publish(&publish, self.version, &mut self.wbuf);
             sent += 1;
@@ -1248,12 +1317,13 @@ impl Conn {
         if self.client_alias_maximum == 0 {
             return None;
         }
-        if let Some(&alias) = self.outbound_aliases.get(&publish.topic) {
+        let outbound = self.aliases.as_ref().map(|a| &a.outbound);
+        if let Some(&alias) = outbound.and_then(|o| o.get(&publish.topic)) {
             publish.properties.topic_alias = Some(alias);
             publish.topic = MqttStr::default();
             return None;
         }
-        let next = u16::try_from(self.outbound_aliases.len() + 1).ok()?;
+        let next = u16::try_from(outbound.map_or(0, HashMap::len) + 1).ok()?;
         if next > self.client_alias_maximum {
             return None;
         }
@@ -1291,7 +1361,7 @@ impl Conn {
                 tracing::info!(%client_id, %peer, "session taken over by a new connection [MQTT-3.1.4-2]");
                 *publish_will
             }
-            Close::Shutdown => false,
+            Close::Shutdown | Close::Kicked(Kick::Shutdown) => false,
             Close::PeerClosed => {
                 tracing::debug!(%client_id, %peer, "connection closed by client without DISCONNECT");
                 true
@@ -1349,10 +1419,12 @@ fn keep_alive_expired(
     false
 }
 
-/// The close for a kick; a dropped sender means the session was dropped
-/// under us, so the connection ends quietly.
-fn kicked(kick: Option<Kick>) -> Close {
-    Close::Kicked(kick.unwrap_or(Kick::TakenOver { publish_will: false }))
+/// The close for a kick.
+fn kicked(kick: Kick) -> Close {
+    match kick {
+        Kick::Shutdown => Close::Shutdown,
+        kick => Close::Kicked(kick),
+    }
 }
 
 fn will_properties(will: &Will) -> midge_codec::PublishProperties {

@@ -12,13 +12,14 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::num::NonZeroU16;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use midge_codec::{MqttStr, PacketId, ProtocolVersion, PublishProperties, QoS};
 use parking_lot::Mutex;
-use tokio::sync::{Notify, oneshot};
+use tokio::sync::Notify;
+use tokio::sync::futures::Notified;
 
 use crate::BrokerConfig;
 use crate::persist;
@@ -104,15 +105,71 @@ pub(crate) enum Kick {
     /// Another connection took the session over [MQTT-3.1.4-2]. `publish_will`
     /// is false when the session continues, as Mosquitto does.
     TakenOver { publish_will: bool },
+    /// The broker is shutting down.
+    Shutdown,
+}
+
+impl Kick {
+    fn code(self) -> u8 {
+        match self {
+            Kick::TakenOver { publish_will: false } => 1,
+            Kick::TakenOver { publish_will: true } => 2,
+            Kick::Shutdown => 3,
+        }
+    }
+
+    fn from_code(code: u8) -> Option<Kick> {
+        match code {
+            1 => Some(Kick::TakenOver { publish_will: false }),
+            2 => Some(Kick::TakenOver { publish_will: true }),
+            3 => Some(Kick::Shutdown),
+            _ => None,
+        }
+    }
+}
+
+/// How a session reaches the connection attached to it: a wake-up when
+/// something is queued, and the order to go. One small allocation per
+/// connection, and one thing for the connection to wait on besides its
+/// socket and its keep-alive timer.
+#[derive(Debug, Default)]
+pub(crate) struct Signal {
+    notify: Notify,
+    /// 0 while the connection may stay; else a [`Kick`] code. The first
+    /// kick wins.
+    kick: AtomicU8,
+}
+
+impl Signal {
+    /// Something was queued for the connection.
+    pub(crate) fn wake(&self) {
+        self.notify.notify_one();
+    }
+
+    /// Tells the connection to go.
+    pub(crate) fn kick(&self, reason: Kick) {
+        let _ = self.kick.compare_exchange(0, reason.code(), Ordering::AcqRel, Ordering::Acquire);
+        self.notify.notify_one();
+    }
+
+    /// Why the connection must go, if it must.
+    pub(crate) fn kicked(&self) -> Option<Kick> {
+        Kick::from_code(self.kick.load(Ordering::Acquire))
+    }
+
+    /// Completes at the next [`Signal::wake`] or [`Signal::kick`], or at
+    /// once if one came while nobody waited.
+    pub(crate) fn notified(&self) -> Notified<'_> {
+        self.notify.notified()
+    }
 }
 
 /// The connection currently attached to a session.
 #[derive(Debug)]
 pub(crate) struct Owner {
     pub(crate) connection_id: u64,
-    /// Wakes the connection's task when something is queued.
-    pub(crate) wake: Arc<Notify>,
-    kick: Option<oneshot::Sender<Kick>>,
+    /// Wakes the connection's task, or tells it to go.
+    pub(crate) signal: Arc<Signal>,
 }
 
 /// A session: one per client id.
@@ -260,10 +317,10 @@ impl Session {
             if state.spill_from.is_some() || state.queue.len() >= config.max_queued_in_memory {
                 state.spill_from.get_or_insert(delivery.seq);
                 // A connection that ran dry looks at the backlog when woken.
-                let wake = state.queue.is_empty().then(|| state.owner.as_ref().map(|o| o.wake.clone())).flatten();
+                let wake = state.queue.is_empty().then(|| state.owner.as_ref().map(|o| o.signal.clone())).flatten();
                 drop(state);
                 if let Some(wake) = wake {
-                    wake.notify_one();
+                    wake.wake();
                 }
                 return Enqueued::Queued;
             }
@@ -273,13 +330,13 @@ impl Session {
             return Enqueued::Queued;
         };
         let wake_needed = state.queue.is_empty();
-        let wake = wake_needed.then(|| owner.wake.clone());
+        let wake = wake_needed.then(|| owner.signal.clone());
         state.queue.push_back(delivery);
         drop(state);
         // One wake per empty→non-empty transition: the connection drains the
         // whole queue each time it runs.
         if let Some(wake) = wake {
-            wake.notify_one();
+            wake.wake();
         }
         Enqueued::Queued
     }
@@ -291,14 +348,12 @@ impl SessionState {
     }
 
     /// Attaches a connection, kicking any other one. Returns nothing; the
-    /// kicked connection notices through its oneshot.
-    pub(crate) fn attach(&mut self, connection_id: u64, wake: Arc<Notify>, kick: oneshot::Sender<Kick>, reason: Kick) {
-        if let Some(mut old) = self.owner.take()
-            && let Some(tx) = old.kick.take()
-        {
-            let _ = tx.send(reason);
+    /// kicked connection notices through its signal.
+    pub(crate) fn attach(&mut self, connection_id: u64, signal: Arc<Signal>, reason: Kick) {
+        if let Some(old) = self.owner.take() {
+            old.signal.kick(reason);
         }
-        self.owner = Some(Owner { connection_id, wake, kick: Some(kick) });
+        self.owner = Some(Owner { connection_id, signal });
     }
 
     /// True when the session ends with its connection.
@@ -316,10 +371,8 @@ impl SessionState {
     /// from the router (which must not be locked while this lock is held)
     /// and a delayed will, which is due now that the session ends.
     pub(crate) fn discard(&mut self, reason: Kick, store: Option<&dyn Store>) -> Discarded {
-        if let Some(mut old) = self.owner.take()
-            && let Some(tx) = old.kick.take()
-        {
-            let _ = tx.send(reason);
+        if let Some(old) = self.owner.take() {
+            old.signal.kick(reason);
         }
         self.discarded = true;
         if let Some(store) = store
@@ -573,8 +626,7 @@ mod tests {
         {
             let mut state = session.state.lock();
             state.stored = true;
-            let (kick, _) = oneshot::channel();
-            state.attach(1, Arc::new(Notify::new()), kick, Kick::TakenOver { publish_will: false });
+            state.attach(1, Arc::new(Signal::default()), Kick::TakenOver { publish_will: false });
         }
         for (n, qos) in [(0, QoS::AtLeastOnce), (1, QoS::AtLeastOnce), (2, QoS::AtLeastOnce), (3, QoS::AtMostOnce)] {
             assert_eq!(session.enqueue(delivery(n, qos), &config, Some(&store)), Enqueued::Queued);

@@ -1608,6 +1608,41 @@ mod midge_contract {
         sub.expect_no_packet();
     }
 
+    /// A client that stops reading blocks only its own connection: once the
+    /// broker's writes to it stall, it can still be taken over [MQTT-3.1.4-2],
+    /// and a shutdown still closes it instead of waiting out the grace period.
+    #[test]
+    fn a_client_that_stops_reading_can_be_taken_over_and_shut_down() {
+        let mut broker = midge();
+        let (mut stalled, _) = persistent(&broker, "stalled");
+        assert_eq!(stalled.subscribe(1, &[("c/flood", 0)]), [0]);
+        // Well past what loopback socket buffers hold, so the broker's
+        // writes to `stalled` block; the PINGRESP says every PUBLISH before
+        // it was routed.
+        let mut publisher = client(&broker, "pub");
+        let payload = vec![b'x'; 32 * 1024];
+        for _ in 0..640 {
+            publisher.publish("c/flood", &payload);
+        }
+        publisher.send(&build::pingreq());
+        assert_eq!(publisher.expect_packet().packet_type(), packet_type::PINGRESP);
+
+        let (taker, connack) = persistent(&broker, "stalled");
+        assert_eq!((connack.return_code, connack.session_present), (0, true));
+
+        // The new connection, subscribed through the session, does not read
+        // either; shutdown must not wait for it.
+        for _ in 0..640 {
+            publisher.publish("c/flood", &payload);
+        }
+        publisher.send(&build::pingreq());
+        assert_eq!(publisher.expect_packet().packet_type(), packet_type::PINGRESP);
+        assert!(broker.stop().success());
+        let log = broker.log();
+        assert!(!log.contains("did not close"), "shutdown waited out its grace period:\n{log}");
+        drop((stalled, taker));
+    }
+
     /// `--max-inflight N` bounds the unacknowledged QoS 1 and 2 PUBLISH packets sent
     /// to one client; each acknowledgement lets the next one go.
     #[test]
