@@ -770,6 +770,9 @@ impl Shared {
     /// downgraded to the published QoS [MQTT-3.8.4-6].
     fn route(&self, message: Arc<Message>, origin: Option<&Arc<Session>>) -> usize {
         let router = self.router.read();
+        // The first match is kept apart: a message with one subscriber (the
+        // common case) allocates no list of targets.
+        let mut first: Option<Target<'_>> = None;
         let mut targets: Vec<Target<'_>> = Vec::new();
         let mut groups: Vec<&Arc<SharedGroup>> = Vec::new();
         router.index.for_each_match(message.topic.as_str(), |subscriber, grant| {
@@ -783,8 +786,16 @@ impl Shared {
                 return;
             }
             let ids = grant.identifier.into_iter().collect();
-            targets.push(Target { session: s, qos: o.qos, retain_as_published: o.retain_as_published, ids });
+            let target = Target { session: s, qos: o.qos, retain_as_published: o.retain_as_published, ids };
+            if first.is_none() {
+                first = Some(target);
+            } else {
+                targets.push(target);
+            }
         });
+        if !targets.is_empty() {
+            targets.extend(first.take());
+        }
         if targets.len() > 1 {
             targets.sort_unstable_by_key(|t| Arc::as_ptr(&t.session.0) as usize);
             targets.dedup_by(|later, kept| {
@@ -798,7 +809,7 @@ impl Shared {
                 }
             });
         }
-        let mut matched = targets.len();
+        let mut matched = targets.len() + usize::from(first.is_some());
         // Each share group gives the message to one member, separately from
         // that member's own subscriptions (v5 section 4.8.2).
         for group in groups {
@@ -814,7 +825,7 @@ impl Shared {
             };
             self.count_enqueue(member.0.enqueue(delivery, &self.config, self.store()));
         }
-        for target in targets {
+        for target in first.into_iter().chain(targets) {
             // RETAIN is cleared on normal delivery [MQTT-3.3.1-9] unless the
             // subscription asked for it as published [MQTT-3.3.1-13].
             let retain = target.retain_as_published && message.retain;
