@@ -16,6 +16,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -343,15 +344,65 @@ fn read_some<'a, S>(stream: &'a mut S, rbuf: &'a mut BytesMut) -> impl Future<Ou
 where
     S: AsyncRead + Unpin,
 {
+    std::future::poll_fn(move |cx| poll_read_some(stream, rbuf, cx))
+}
+
+fn poll_read_some<S>(stream: &mut S, rbuf: &mut BytesMut, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>>
+where
+    S: AsyncRead + Unpin,
+{
+    if rbuf.capacity() > rbuf.len() {
+        return std::pin::pin!(stream.read_buf(&mut *rbuf)).poll(cx);
+    }
+    let mut scratch = [std::mem::MaybeUninit::<u8>::uninit(); 2048];
+    let mut read = tokio::io::ReadBuf::uninit(&mut scratch);
+    std::task::ready!(Pin::new(&mut *stream).poll_read(cx, &mut read))?;
+    rbuf.extend_from_slice(read.filled());
+    Poll::Ready(Ok(read.filled().len()))
+}
+
+/// How far [`write_or_read`] got.
+enum Progress {
+    /// All of the buffer is written.
+    Written,
+    /// Bytes from the client arrived first (or the read failed, or hit the
+    /// end of the stream: `Ok(0)`).
+    Read(std::io::Result<usize>),
+    Failed(std::io::Error),
+}
+
+/// Unread bytes a client may have waiting while its connection is blocked
+/// writing to it; past this, its socket is not read until the write is done.
+const READ_WHILE_WRITING: usize = 64 * 1024;
+
+/// Writes `wbuf` from `*written` on; returns when it is all written, or as
+/// soon as the client sent something (into `rbuf`), with `*written` telling
+/// how far the write got.
+fn write_or_read<'a, S>(
+    stream: &'a mut S,
+    wbuf: &'a [u8],
+    written: &'a mut usize,
+    rbuf: &'a mut BytesMut,
+) -> impl Future<Output = Progress> + 'a
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     std::future::poll_fn(move |cx| {
-        if rbuf.capacity() > rbuf.len() {
-            return std::pin::pin!(stream.read_buf(&mut *rbuf)).poll(cx);
+        while *written < wbuf.len() {
+            match Pin::new(&mut *stream).poll_write(cx, &wbuf[*written..]) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Progress::Failed(std::io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(n)) => *written += n,
+                Poll::Ready(Err(e)) => return Poll::Ready(Progress::Failed(e)),
+                Poll::Pending => break,
+            }
         }
-        let mut scratch = [std::mem::MaybeUninit::<u8>::uninit(); 2048];
-        let mut read = tokio::io::ReadBuf::uninit(&mut scratch);
-        std::task::ready!(Pin::new(&mut *stream).poll_read(cx, &mut read))?;
-        rbuf.extend_from_slice(read.filled());
-        std::task::Poll::Ready(Ok(read.filled().len()))
+        if *written == wbuf.len() {
+            return Poll::Ready(Progress::Written);
+        }
+        if rbuf.len() < READ_WHILE_WRITING {
+            return poll_read_some(stream, rbuf, cx).map(Progress::Read);
+        }
+        Poll::Pending
     })
 }
 
@@ -711,6 +762,11 @@ impl Conn {
             // Anything already queued for a resumed session goes out now.
             self.drain();
             loop {
+                // An atomic load: a client that keeps this loop busy reading
+                // still notices a takeover or shutdown.
+                if let Some(kick) = signal.kicked() {
+                    return kicked(kick);
+                }
                 if let Some(refill) = self.page_in.take() {
                     if let Err(e) = Box::pin(self.page_in(refill)).await {
                         self.wbuf.clear();
@@ -731,28 +787,41 @@ impl Conn {
                 if !self.wbuf.is_empty() {
                     // A client that stops reading blocks only itself; it can
                     // still be taken over, shut down or timed out meanwhile.
+                    // What it sends meanwhile is read (up to a limit), so a
+                    // slow reader's PINGREQs keep it alive [MQTT-3.1.2-24].
                     let n = self.wbuf.len();
                     let mut woken = false;
-                    let mut write = std::pin::pin!(stream.write_all(&self.wbuf));
-                    let written = loop {
-                        tokio::select! {
+                    let mut read_meanwhile = false;
+                    let mut written = 0;
+                    loop {
+                        reserve(rbuf, &mut busy);
+                        let progress = tokio::select! {
                             biased;
                             _ = signal.notified() => {
                                 if let Some(kick) = signal.kicked() {
                                     return kicked(kick);
                                 }
                                 woken = true;
+                                continue;
                             }
                             _ = &mut timer, if keep_alive.is_some() => {
                                 if keep_alive_expired(timer.as_mut(), last_packet, keep_alive) {
                                     return Close::KeepAliveTimeout;
                                 }
+                                continue;
                             }
-                            w = &mut write => break w,
+                            progress = write_or_read(stream, &self.wbuf, &mut written, rbuf) => progress,
+                        };
+                        match progress {
+                            Progress::Written => break,
+                            Progress::Failed(e) | Progress::Read(Err(e)) => return Close::Io(e),
+                            Progress::Read(Ok(0)) => return Close::PeerClosed,
+                            Progress::Read(Ok(got)) => {
+                                Metrics::add(&self.shared.metrics.bytes_received, got as u64);
+                                last_packet = Instant::now();
+                                read_meanwhile = true;
+                            }
                         }
-                    };
-                    if let Err(e) = written {
-                        return Close::Io(e);
                     }
                     Metrics::add(&self.shared.metrics.bytes_sent, n as u64);
                     // A small buffer is let go (an idle client holds none); a
@@ -763,8 +832,18 @@ impl Conn {
                         self.wbuf.clear();
                     }
                     if woken {
-                        // The wake-up was taken while writing: what it was for
-                        // is queued now.
+                        // The wake-up was taken while writing; given back, so
+                        // the wait below returns at once, after the client's
+                        // bytes (reading is never starved by wake-ups).
+                        signal.wake();
+                    }
+                    if read_meanwhile {
+                        if let Err(close) = Box::pin(self.handle_buffered(rbuf)).await {
+                            return close;
+                        }
+                        if let Err(close) = self.reauthenticate().await {
+                            return close;
+                        }
                         self.drain();
                         continue;
                     }
@@ -772,9 +851,9 @@ impl Conn {
                 reserve(rbuf, &mut busy);
                 let event = tokio::select! {
                     biased;
-                    _ = signal.notified() => Event::Signal,
                     _ = &mut timer, if keep_alive.is_some() => Event::Timer,
                     read = read_some(stream, rbuf) => Event::Read(read),
+                    _ = signal.notified() => Event::Signal,
                 };
                 match event {
                     Event::Read(Ok(0)) => return Close::PeerClosed,

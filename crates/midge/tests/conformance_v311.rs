@@ -1643,6 +1643,50 @@ mod midge_contract {
         drop((stalled, taker));
     }
 
+    /// A subscriber that reads slower than it is sent to keeps its connection
+    /// while it pings: the broker reads what it sends between writes, so its
+    /// PINGREQs are seen and the keep-alive [MQTT-3.1.2-24] does not expire.
+    #[test]
+    fn a_slow_reader_under_a_flood_is_not_timed_out_while_it_pings() {
+        let broker = midge();
+        let connect = Connect::new("slow").keep_alive(1);
+        let (mut slow, connack) = RawClient::handshake(broker.addr(), &connect);
+        assert_eq!(connack.return_code, 0);
+        assert_eq!(slow.subscribe(1, &[("c/slow", 0)]), [0]);
+        let addr = broker.addr();
+        let flooding = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let flood = {
+            let flooding = flooding.clone();
+            std::thread::spawn(move || {
+                let mut publisher = RawClient::connected(addr, "flood");
+                let payload = vec![b'x'; 4096];
+                while flooding.load(std::sync::atomic::Ordering::Relaxed) {
+                    publisher.publish("c/slow", &payload);
+                }
+            })
+        };
+        // Four keep-alive timeouts (1.5 s each) of reading about 200 KB/s,
+        // far below the flood, with a PINGREQ every half second.
+        let until = Instant::now() + Duration::from_secs(6);
+        let mut next_ping = Instant::now();
+        while Instant::now() < until {
+            if Instant::now() >= next_ping {
+                if let Err(e) = slow.try_send(&build::pingreq()) {
+                    panic!("the slow reader lost its connection ({e}); broker log:\n{}", broker.log());
+                }
+                next_ping += Duration::from_millis(500);
+            }
+            for _ in 0..2 {
+                let _ = slow.expect_packet();
+            }
+            std::thread::sleep(Duration::from_millis(40));
+        }
+        flooding.store(false, std::sync::atomic::Ordering::Relaxed);
+        flood.join().unwrap();
+        let log = broker.log();
+        assert!(!log.contains("keep-alive expired"), "the slow reader was timed out:\n{log}");
+    }
+
     /// `--max-inflight N` bounds the unacknowledged QoS 1 and 2 PUBLISH packets sent
     /// to one client; each acknowledgement lets the next one go.
     #[test]
