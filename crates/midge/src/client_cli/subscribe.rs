@@ -136,8 +136,15 @@ fn subscribe(args: SubArgs) -> Result<(), Failure> {
         })
         .collect();
     runtime()?.block_on(async move {
+        // Ctrl-C or SIGTERM end the subscriber with DISCONNECT, as mosquitto_sub
+        // does, so the broker does not publish its will. Caught from the
+        // start, so none is missed between subscribing and receiving.
+        let mut stop = Stop::install()?;
         debug.line("sending CONNECT");
-        let (client, mut events) = Client::connect(options).await.map_err(Failure::connecting)?;
+        let (client, mut events) = tokio::select! {
+            connected = Client::connect(options) => connected.map_err(Failure::connecting)?,
+            () = stop.signalled() => return Ok(()),
+        };
         let connack = client.connack();
         debug.line(&format!(
             "received CONNACK ({}, session present: {})",
@@ -148,10 +155,12 @@ fn subscribe(args: SubArgs) -> Result<(), Failure> {
         for s in &subscriptions {
             debug.line(&format!("sending SUBSCRIBE (topic {}, QoS {})", s.topic_filter, s.options.qos as u8));
         }
-        let codes = client
-            .subscribe_many(subscriptions.clone(), resolved.properties.subscribe.clone())
-            .await
-            .map_err(Failure::connected)?;
+        let codes = tokio::select! {
+            codes = client.subscribe_many(subscriptions.clone(), resolved.properties.subscribe.clone()) => {
+                codes.map_err(Failure::connected)?
+            }
+            () = stop.signalled() => return disconnect(&client, &debug, &resolved.properties.disconnect).await,
+        };
         let granted: Vec<String> = codes.iter().map(|c| c.as_u8().to_string()).collect();
         debug.line("received SUBACK");
         debug.line(&format!("subscribed: {}", granted.join(", ")));
@@ -174,7 +183,7 @@ fn subscribe(args: SubArgs) -> Result<(), Failure> {
         if args.exit_after_subscribe {
             return disconnect(&client, &debug, &resolved.properties.disconnect).await;
         }
-        let result = receive(&args, &output, &debug, &mut events, deadline).await;
+        let result = receive(&args, &output, &debug, &mut events, deadline, &mut stop).await;
         match result {
             Ok(()) => disconnect(&client, &debug, &resolved.properties.disconnect).await,
             Err(failure) => {
@@ -194,6 +203,32 @@ async fn disconnect(
     client.disconnect_with(properties.clone()).await.map_err(Failure::connected)
 }
 
+/// SIGTERM and SIGINT, caught.
+struct Stop {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Stop {
+    fn install() -> Result<Stop, Failure> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let term = signal(SignalKind::terminate())
+            .map_err(|e| Failure::new(exit::ERROR, format!("installing the SIGTERM handler: {e}")))?;
+        let int = signal(SignalKind::interrupt())
+            .map_err(|e| Failure::new(exit::ERROR, format!("installing the SIGINT handler: {e}")))?;
+        Ok(Stop { term, int })
+    }
+
+    /// Completes at the next SIGTERM or SIGINT (at once for one that came
+    /// before).
+    async fn signalled(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+    }
+}
+
 /// Prints messages until -C, --retained-only or -W says stop.
 async fn receive(
     args: &SubArgs,
@@ -201,16 +236,11 @@ async fn receive(
     debug: &Debug,
     events: &mut Events,
     deadline: Option<Instant>,
+    stop: &mut Stop,
 ) -> Result<(), Failure> {
     let mut printed = 0;
     let mut line = Vec::new();
     let stdout = std::io::stdout();
-    // Ctrl-C or SIGTERM end the subscriber with DISCONNECT, as mosquitto_sub
-    // does, so the broker does not publish its will.
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .map_err(|e| Failure::new(exit::ERROR, format!("installing the SIGTERM handler: {e}")))?;
-    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
-        .map_err(|e| Failure::new(exit::ERROR, format!("installing the SIGINT handler: {e}")))?;
     loop {
         let next = async {
             match deadline {
@@ -228,8 +258,7 @@ async fn receive(
                     ));
                 }
             },
-            _ = term.recv() => return Ok(()),
-            _ = int.recv() => return Ok(()),
+            () = stop.signalled() => return Ok(()),
         };
         let message = match event {
             Some(Event::Message(message)) => message,
