@@ -756,9 +756,6 @@ impl Conn {
             if let Err(close) = Box::pin(self.handle_buffered(rbuf)).await {
                 return close;
             }
-            if let Err(close) = self.reauthenticate().await {
-                return close;
-            }
             // Anything already queued for a resumed session goes out now.
             self.drain();
             loop {
@@ -841,9 +838,6 @@ impl Conn {
                         if let Err(close) = Box::pin(self.handle_buffered(rbuf)).await {
                             return close;
                         }
-                        if let Err(close) = self.reauthenticate().await {
-                            return close;
-                        }
                         self.drain();
                         continue;
                     }
@@ -861,13 +855,7 @@ impl Conn {
                     Event::Read(Ok(n)) => {
                         Metrics::add(&self.shared.metrics.bytes_received, n as u64);
                         last_packet = Instant::now();
-                        // Boxed (one allocation per read, not per packet): its
-                        // future is large, and an idle connection would otherwise
-                        // carry room for it all the time.
                         if let Err(close) = Box::pin(self.handle_buffered(rbuf)).await {
-                            return close;
-                        }
-                        if let Err(close) = self.reauthenticate().await {
                             return close;
                         }
                     }
@@ -887,7 +875,10 @@ impl Conn {
         }
     }
 
-    /// Handles every complete packet in `rbuf`.
+    /// Handles every complete packet in `rbuf`, then the step of a
+    /// re-authentication they asked for. Callers box it (one allocation per
+    /// read, not per packet): its future is large, and an idle connection
+    /// would otherwise carry room for it all the time.
     async fn handle_buffered(&mut self, rbuf: &mut BytesMut) -> Result<(), Close> {
         loop {
             match decode(rbuf, self.version, self.shared.config.max_packet_size) {
@@ -895,7 +886,7 @@ impl Conn {
                     Metrics::inc(&self.shared.metrics.packets_received);
                     self.handle(packet).await?;
                 }
-                Ok(None) => return Ok(()),
+                Ok(None) => return self.reauthenticate().await,
                 Err(e) => return Err(Close::Malformed(e)),
             }
         }
