@@ -96,6 +96,21 @@ fn qos2_pairs_lose_nothing_and_the_json_summary_has_every_field() {
 }
 
 #[test]
+fn paced_publishers_count_exactly_on_both_timers() {
+    // 1,000 msg/s paces on a timerfd, 50 msg/s on tokio's timer; a paced
+    // publisher reads its acknowledgements only at its send slots and at the end.
+    let broker = midge();
+    let port = broker.port().to_string();
+    for (rate, qos) in [("1000", "1"), ("1000", "2"), ("50", "1")] {
+        let s = bench_json(&["pairs", "-p", &port, "--pairs", "2", "-q", qos, "--total-rate", rate, "-C", "20"]);
+        assert_eq!(u64_of(&s, "sent"), 40, "rate {rate}, QoS {qos}: {s}");
+        assert_eq!(u64_of(&s, "acked"), 40, "rate {rate}, QoS {qos}: {s}");
+        assert_eq!(u64_of(&s, "received"), 40, "rate {rate}, QoS {qos}: {s}");
+        assert_eq!(u64_of(&s, "lost"), 0, "rate {rate}, QoS {qos}: {s}");
+    }
+}
+
+#[test]
 fn a_shared_subscription_group_receives_each_message_once() {
     let broker = midge();
     let port = broker.port().to_string();

@@ -23,6 +23,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Notify;
 
 use super::client::{Conn, MAX_PACKET};
+use super::pace::Pacer;
 
 /// How long the window may stay full with nothing received before what is
 /// outstanding is counted as lost and publishers go on.
@@ -235,8 +236,7 @@ async fn publish_loop(
     let far = start + Duration::from_secs(86_400 * 365);
     let deadline = tokio::time::sleep_until(plan.deadline.unwrap_or(far).into());
     tokio::pin!(deadline);
-    let pace = tokio::time::sleep_until(far.into());
-    tokio::pin!(pace);
+    let mut pacer = Pacer::new(start, plan.rate);
     loop {
         if inflight > 0 {
             inflight -= read_acks(conn, version, &mut wbuf, flow)?;
@@ -270,15 +270,19 @@ async fn publish_loop(
                 n = allowed;
                 if n == 0 {
                     paced = true;
-                    pace.as_mut().reset((start + Duration::from_secs_f64(sent as f64 / rate)).into());
+                    pacer.arm(start + Duration::from_secs_f64(sent as f64 / rate)).context("arming the pace timer")?;
                 }
             }
         }
         if n == 0 {
             tokio::select! {
-                r = conn.stream.readable(), if inflight > 0 => { r.context("waiting for acknowledgements")?; }
+                // A paced publisher reads its acknowledgements when its next slot
+                // comes, not as each arrives: waking for them would put the
+                // generator's own work between a delivery and its timestamp
+                // whenever a broker sends the PUBACK just before the message.
+                r = conn.stream.readable(), if inflight > 0 && !paced => { r.context("waiting for acknowledgements")?; }
                 () = flow.wait_for_room(), if window == 0 => {}
-                () = &mut pace, if paced => {}
+                r = pacer.wait(), if paced => { r.context("waiting for the pace timer")?; }
                 () = &mut deadline => {}
             }
             continue;

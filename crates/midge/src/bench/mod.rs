@@ -17,6 +17,7 @@ mod client;
 mod load;
 mod meter;
 mod opts;
+mod pace;
 mod report;
 
 use std::sync::Arc;
