@@ -620,6 +620,7 @@ where
             client,
             auth: auth_method.map(|method| Box::new(EnhancedAuth { method, exchange: None, data: None })),
             needs_durable: false,
+            routed: false,
             page_in: None,
         };
         conn.resend_inflight();
@@ -660,6 +661,9 @@ struct Conn {
     /// Store writes were made that must be durable before `wbuf` goes out
     /// (it holds their acknowledgements).
     needs_durable: bool,
+    /// Packets just handled were routed to subscribers: their connections
+    /// get to write before this one's acknowledgements (see `serve`).
+    routed: bool,
     /// The session's in-memory queue ran dry with a backlog in the store:
     /// read it from (session, sequence).
     page_in: Option<Refill>,
@@ -855,8 +859,22 @@ impl Conn {
                     Event::Read(Ok(n)) => {
                         Metrics::add(&self.shared.metrics.bytes_received, n as u64);
                         last_packet = Instant::now();
+                        self.routed = false;
                         if let Err(close) = Box::pin(self.handle_buffered(rbuf)).await {
                             return close;
+                        }
+                        if self.routed && !self.wbuf.is_empty() {
+                            // Deliveries before acknowledgements, as Mosquitto
+                            // orders them: the subscribers' tasks were woken, and
+                            // yielding lets them write before this task's PUBACK /
+                            // PUBREC goes out. A write on loopback runs the
+                            // receiver's network stack inline, so acknowledging
+                            // first cost each delivery about 20 µs at low rates.
+                            // Under load the acknowledgements wait for the worker
+                            // to run out of ready tasks (or 61 polls): QoS 1 and 2
+                            // fan-in gain 80% and 34%, QoS 2 pairs lose 17%
+                            // (docs/PERFORMANCE.md).
+                            tokio::task::yield_now().await;
                         }
                     }
                     Event::Signal => {
@@ -1161,9 +1179,11 @@ impl Conn {
     }
 
     /// Routes a client's message; returns how many sessions it matched.
-    fn route(&self, publish: Publish) -> usize {
+    fn route(&mut self, publish: Publish) -> usize {
         let message = Message::new(publish.topic, publish.payload, publish.qos, publish.retain, publish.properties);
-        self.shared.publish(message, Some(&self.session))
+        let matched = self.shared.publish(message, Some(&self.session));
+        self.routed |= matched > 0;
+        matched
     }
 
     async fn handle_subscribe(&mut self, subscribe: Subscribe) -> Result<(), Close> {
