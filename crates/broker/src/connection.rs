@@ -620,7 +620,7 @@ where
             client,
             auth: auth_method.map(|method| Box::new(EnhancedAuth { method, exchange: None, data: None })),
             needs_durable: false,
-            routed: false,
+            routed: 0,
             page_in: None,
         };
         conn.resend_inflight();
@@ -661,9 +661,9 @@ struct Conn {
     /// Store writes were made that must be durable before `wbuf` goes out
     /// (it holds their acknowledgements).
     needs_durable: bool,
-    /// Packets just handled were routed to subscribers: their connections
-    /// get to write before this one's acknowledgements (see `serve`).
-    routed: bool,
+    /// How many of the packets just handled were routed to subscribers
+    /// (saturating): see the yield in `serve`.
+    routed: u8,
     /// The session's in-memory queue ran dry with a backlog in the store:
     /// read it from (session, sequence).
     page_in: Option<Refill>,
@@ -859,21 +859,22 @@ impl Conn {
                     Event::Read(Ok(n)) => {
                         Metrics::add(&self.shared.metrics.bytes_received, n as u64);
                         last_packet = Instant::now();
-                        self.routed = false;
+                        self.routed = 0;
                         if let Err(close) = Box::pin(self.handle_buffered(rbuf)).await {
                             return close;
                         }
-                        if self.routed && !self.wbuf.is_empty() {
-                            // Deliveries before acknowledgements, as Mosquitto
-                            // orders them: the subscribers' tasks were woken, and
-                            // yielding lets them write before this task's PUBACK /
-                            // PUBREC goes out. A write on loopback runs the
+                        if self.routed == 1 && !self.wbuf.is_empty() {
+                            // A lone message: deliveries before acknowledgements,
+                            // as Mosquitto orders them. Yielding lets the woken
+                            // subscribers' tasks write before this task's PUBACK /
+                            // PUBREC goes out; a write on loopback runs the
                             // receiver's network stack inline, so acknowledging
-                            // first cost each delivery about 20 µs at low rates.
-                            // Under load the acknowledgements wait for the worker
-                            // to run out of ready tasks (or 61 polls): QoS 1 and 2
-                            // fan-in gain 80% and 34%, QoS 2 pairs lose 17%
-                            // (docs/PERFORMANCE.md).
+                            // first delayed the delivery by ~20 µs at low rates.
+                            // Not under load (reads of several messages): there
+                            // the acknowledgements wait for the worker to run out
+                            // of ready tasks, which cost QoS 2 pairs 17% on one
+                            // core and QoS 1 pairs ~15% on two, although QoS 1
+                            // fan-in gained 81% (docs/PERFORMANCE.md).
                             tokio::task::yield_now().await;
                         }
                     }
@@ -1182,7 +1183,9 @@ impl Conn {
     fn route(&mut self, publish: Publish) -> usize {
         let message = Message::new(publish.topic, publish.payload, publish.qos, publish.retain, publish.properties);
         let matched = self.shared.publish(message, Some(&self.session));
-        self.routed |= matched > 0;
+        if matched > 0 {
+            self.routed = self.routed.saturating_add(1);
+        }
         matched
     }
 
