@@ -241,12 +241,17 @@ async fn load(connect: &ConnectOpts, traffic: Option<&TrafficOpts>, plan: Plan) 
         };
         let rate = t.rate.or(t.total_rate.map(|r| r / plan.publishers.len().max(1) as f64));
         drain = Duration::from_secs_f64(t.drain.max(0.0));
-        for (conn, topic) in pubs.into_iter().zip(&plan.publishers) {
+        let publishers = plan.publishers.len().max(1);
+        for (i, (conn, topic)) in pubs.into_iter().zip(&plan.publishers).enumerate() {
+            let phase = rate
+                .filter(|r| *r > 0.0)
+                .map_or(Duration::ZERO, |r| Duration::from_secs_f64(i as f64 / publishers as f64 / r));
             let p = PublisherPlan {
                 topic: topic.clone(),
                 qos: t.qos(),
                 size: t.size,
                 rate,
+                phase,
                 count: t.count,
                 deadline: duration.map(|d| start + d),
                 inflight: t.inflight,

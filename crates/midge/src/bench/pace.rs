@@ -101,11 +101,13 @@ mod precise {
         pub(super) fn new(start: Instant) -> std::io::Result<Timer> {
             let timer = TimerFd::new(ClockId::CLOCK_MONOTONIC, TimerFlags::TFD_NONBLOCK | TimerFlags::TFD_CLOEXEC)?;
             let expiries = pipe::Receiver::from_owned_fd_unchecked(timer.as_fd().try_clone_to_owned()?)?;
-            // Both readings are CLOCK_MONOTONIC. Elapsed is read first, so `base`
-            // is at or just after `start` and a slot never fires early.
-            let since_start = start.elapsed();
+            // Both readings are CLOCK_MONOTONIC. `Instant` is read first, so `base`
+            // is at or just after `start` and a slot never fires early. `start`
+            // may lie ahead (a publisher's phase).
+            let anchor = Instant::now();
             let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)?;
-            let base = now - TimeSpec::from_duration(since_start);
+            let base = now + TimeSpec::from_duration(start.saturating_duration_since(anchor))
+                - TimeSpec::from_duration(anchor.saturating_duration_since(start));
             Ok(Timer { timer, expiries, base })
         }
 
@@ -154,6 +156,17 @@ mod tests {
                 tokio::time::timeout(Duration::from_secs(10), pacer.wait()).await.unwrap().unwrap();
                 assert!(Instant::now() >= at, "rate {rate}, slot {slot} woke early");
             }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_start_ahead_of_now_is_waited_for() {
+        for rate in [10.0, 1000.0] {
+            let start = Instant::now() + Duration::from_millis(20);
+            let mut pacer = Pacer::new(start, Some(rate));
+            pacer.arm(start).unwrap();
+            tokio::time::timeout(Duration::from_secs(10), pacer.wait()).await.unwrap().unwrap();
+            assert!(Instant::now() >= start, "rate {rate} woke before its start");
         }
     }
 
