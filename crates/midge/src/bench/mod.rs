@@ -239,13 +239,13 @@ async fn load(connect: &ConnectOpts, traffic: Option<&TrafficOpts>, plan: Plan) 
             (None, Some(_)) => None,
             (None, None) => Some(Duration::from_secs(10)),
         };
-        let rate = t.rate.or(t.total_rate.map(|r| r / plan.publishers.len().max(1) as f64));
+        let publishers = plan.publishers.len().max(1) as f64;
+        let rate = t.rate.or(t.total_rate.map(|r| r / publishers));
         drain = Duration::from_secs_f64(t.drain.max(0.0));
-        let publishers = plan.publishers.len().max(1);
         for (i, (conn, topic)) in pubs.into_iter().zip(&plan.publishers).enumerate() {
             let phase = rate
                 .filter(|r| *r > 0.0)
-                .map_or(Duration::ZERO, |r| Duration::from_secs_f64(i as f64 / publishers as f64 / r));
+                .map_or(Duration::ZERO, |r| Duration::from_secs_f64(i as f64 / publishers / r));
             let p = PublisherPlan {
                 topic: topic.clone(),
                 qos: t.qos(),
