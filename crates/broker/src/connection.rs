@@ -606,7 +606,6 @@ where
             session,
             connection_id,
             version,
-            peer,
             will: connect.will.clone().map(Box::new),
             connect_expiry_interval: expiry_interval,
             wbuf,
@@ -636,7 +635,6 @@ struct Conn {
     session: Arc<Session>,
     connection_id: u64,
     version: ProtocolVersion,
-    peer: SocketAddr,
     /// Published if the connection ends without DISCONNECT.
     will: Option<Box<Will>>,
     /// The Session Expiry Interval given at CONNECT.
@@ -940,7 +938,7 @@ impl Conn {
                 // client can finish its flow.
                 let known = {
                     let mut state = self.session.state.lock();
-                    let known = state.awaiting_rel.remove(&ack.packet_id.get());
+                    let known = state.awaiting_rel.remove(ack.packet_id.get());
                     if known
                         && state.stored
                         && let Some(store) = self.shared.store()
@@ -1055,7 +1053,7 @@ impl Conn {
                 let packet = auth_packet(ReasonCode::Success, &state.method, data);
                 state.exchange = None;
                 self.send(&packet);
-                tracing::debug!(client_id = %self.session.client_id, peer = %self.peer, username, "re-authenticated");
+                tracing::debug!(client_id = %self.session.client_id, peer = %self.client.peer, username, "re-authenticated");
                 self.client.username = username.or(self.client.username.take());
             }
             AuthStep::Failure(code) => return Err(Close::ReauthFailed(code)),
@@ -1208,7 +1206,7 @@ impl Conn {
                 Err(_) => false,
             };
             if !valid {
-                tracing::info!(client_id = %self.session.client_id, peer = %self.peer, filter = sub.topic_filter, "invalid topic filter [MQTT-4.7.1-1]");
+                tracing::info!(client_id = %self.session.client_id, peer = %self.client.peer, filter = sub.topic_filter, "invalid topic filter [MQTT-4.7.1-1]");
                 if self.version == ProtocolVersion::V3_1 {
                     // MQTT 3.1 SUBACK has no failure code.
                     return Err(Close::ProtocolViolation(
@@ -1447,7 +1445,7 @@ impl Conn {
     /// detaches from the session.
     fn finish(&mut self, close: Close) {
         let client_id = &self.session.client_id;
-        let peer = self.peer;
+        let peer = self.client.peer;
         let publish_will = match &close {
             Close::Disconnected(reason) => *reason == ReasonCode::DisconnectWithWillMessage,
             Close::Kicked(Kick::TakenOver { publish_will }) => {
