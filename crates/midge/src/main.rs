@@ -23,6 +23,11 @@ use midge_broker::store::{RedbStore, Store, SyncPolicy};
 use midge_broker::{Broker, BrokerConfig, Hooks, ListenerPolicy, SharedStrategy};
 use tracing_subscriber::EnvFilter;
 
+/// mimalloc frees across threads without a lock; glibc's malloc made two
+/// worker threads route fewer messages than one (docs/PERFORMANCE.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// midge: an MQTT broker and toolkit.
 #[derive(Debug, Parser)]
 #[command(name = "midge", version, about)]
