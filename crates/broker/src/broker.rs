@@ -775,7 +775,7 @@ impl Shared {
         let mut first: Option<Target<'_>> = None;
         let mut targets: Vec<Target<'_>> = Vec::new();
         let mut groups: Vec<&Arc<SharedGroup>> = Vec::new();
-        router.index.for_each_match(message.topic.as_str(), |subscriber, grant| {
+        let filters = router.index.for_each_match(message.topic.as_str(), |subscriber, grant| {
             let s = match subscriber {
                 Subscriber::Session(s) => s,
                 Subscriber::Shared(group) => return groups.push(group),
@@ -796,7 +796,10 @@ impl Shared {
         if !targets.is_empty() {
             targets.extend(first.take());
         }
-        if targets.len() > 1 {
+        // One session subscribed through several matching filters gets one
+        // copy. With one filter matched there is nothing to merge: sorting
+        // 100 targets per message was 7% of QoS 0 fan-out.
+        if targets.len() > 1 && filters > 1 {
             targets.sort_unstable_by_key(|t| Arc::as_ptr(&t.session.0) as usize);
             targets.dedup_by(|later, kept| {
                 if later.session == kept.session {

@@ -149,42 +149,51 @@ impl<T: PartialEq> TopicIndex<T> {
 
     /// Calls `f` for every subscription matching the topic name `topic`.
     /// A subscriber with overlapping filters is reported once per filter;
-    /// the caller merges them.
-    pub fn for_each_match<'a>(&'a self, topic: &str, mut f: impl FnMut(&'a T, Grant)) {
+    /// the caller merges them. Returns how many filters matched: when at
+    /// most one did, no subscriber was reported twice and there is nothing
+    /// to merge.
+    pub fn for_each_match<'a>(&'a self, topic: &str, mut f: impl FnMut(&'a T, Grant)) -> usize {
         // Topics starting with '$' are not matched by a leading '+' or '#' [MQTT-4.7.2-1].
         let dollar = topic.starts_with('$');
         let root = &self.root;
+        let mut filters = 0;
         if !dollar {
-            for (k, o) in &root.hash {
-                f(k, *o);
-            }
+            Self::report(&root.hash, &mut filters, &mut f);
         }
         let mut rest = Levels(Some(topic));
         let first = rest.next().unwrap_or("");
         if let Some(child) = root.children.get(first) {
-            Self::walk(child, rest.clone(), &mut f);
+            Self::walk(child, rest.clone(), &mut filters, &mut f);
         }
         if !dollar && let Some(plus) = root.plus.as_deref() {
-            Self::walk(plus, rest, &mut f);
+            Self::walk(plus, rest, &mut filters, &mut f);
         }
+        filters
     }
 
     /// `node` has consumed one level; `rest` are the levels still to match.
-    fn walk<'a>(node: &'a Node<T>, mut rest: Levels<'_>, f: &mut impl FnMut(&'a T, Grant)) {
-        for (k, o) in &node.hash {
-            f(k, *o);
-        }
+    fn walk<'a>(node: &'a Node<T>, mut rest: Levels<'_>, filters: &mut usize, f: &mut impl FnMut(&'a T, Grant)) {
+        Self::report(&node.hash, filters, f);
         let Some(level) = rest.next() else {
-            for (k, o) in &node.exact {
-                f(k, *o);
-            }
+            Self::report(&node.exact, filters, f);
             return;
         };
         if let Some(child) = node.children.get(level) {
-            Self::walk(child, rest.clone(), f);
+            Self::walk(child, rest.clone(), filters, f);
         }
         if let Some(plus) = node.plus.as_deref() {
-            Self::walk(plus, rest, f);
+            Self::walk(plus, rest, filters, f);
+        }
+    }
+
+    /// The subscribers of one filter: each at most once (see `upsert`).
+    fn report<'a>(subscribers: &'a [(T, Grant)], filters: &mut usize, f: &mut impl FnMut(&'a T, Grant)) {
+        if subscribers.is_empty() {
+            return;
+        }
+        *filters += 1;
+        for (k, o) in subscribers {
+            f(k, *o);
         }
     }
 }
@@ -318,5 +327,25 @@ mod tests {
             i
         };
         assert_eq!(matches(&idx, "a/b"), vec![1, 1, 2]);
+    }
+
+    /// The count of matched filters tells the router when subscribers may
+    /// repeat: never within one filter, however many share it.
+    #[test]
+    fn the_matched_filters_are_counted_so_one_filter_needs_no_merge() {
+        let mut idx = TopicIndex::default();
+        for k in 0..100u32 {
+            idx.insert("x/y", k, opts(QoS::AtMostOnce));
+        }
+        let mut seen = Vec::new();
+        assert_eq!(idx.for_each_match("x/y", |k, _| seen.push(*k)), 1);
+        seen.sort_unstable();
+        seen.dedup();
+        assert_eq!(seen.len(), 100, "no subscriber twice within one filter");
+        idx.insert("x/#", 5, opts(QoS::AtMostOnce));
+        idx.insert("+/y", 6, opts(QoS::AtMostOnce));
+        assert_eq!(idx.for_each_match("x/y", |_, _| {}), 3);
+        assert_eq!(idx.for_each_match("x/z", |_, _| {}), 1);
+        assert_eq!(idx.for_each_match("q", |_, _| {}), 0);
     }
 }
