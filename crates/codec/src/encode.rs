@@ -44,6 +44,51 @@ pub fn encoded_len(packet: &Packet, version: ProtocolVersion) -> usize {
 /// of fan-out. Reserves once, then writes the header, topic, properties and
 /// payload; the payload is copied once, from the shared [`bytes::Bytes`].
 pub fn encode_publish(publish: &Publish, version: ProtocolVersion, buf: &mut BytesMut) -> Result<(), EncodeError> {
+    encode_publish_view(&publish.into(), version, buf)
+}
+
+/// A PUBLISH whose parts are borrowed from wherever they live. A broker
+/// sending one message to many clients encodes each copy from the shared
+/// message, without building a [`Publish`] per copy (and touching the
+/// reference counts of its topic and payload twice).
+#[derive(Debug, Clone, Copy)]
+pub struct PublishView<'a> {
+    /// DUP flag; must be 0 for QoS 0 [MQTT-3.3.1-2].
+    pub dup: bool,
+    /// QoS.
+    pub qos: QoS,
+    /// RETAIN flag.
+    pub retain: bool,
+    /// Topic name.
+    pub topic: &'a str,
+    /// Present iff qos > 0 [MQTT-2.3.1-5].
+    pub packet_id: Option<PacketId>,
+    /// v5 properties; `None` is an empty property block.
+    pub properties: Option<&'a PublishProperties>,
+    /// Application message.
+    pub payload: &'a [u8],
+}
+
+impl<'a> From<&'a Publish> for PublishView<'a> {
+    fn from(p: &'a Publish) -> PublishView<'a> {
+        PublishView {
+            dup: p.dup,
+            qos: p.qos,
+            retain: p.retain,
+            topic: &p.topic,
+            packet_id: p.packet_id,
+            properties: Some(&p.properties),
+            payload: &p.payload,
+        }
+    }
+}
+
+/// [`encode_publish`] from borrowed parts.
+pub fn encode_publish_view(
+    publish: &PublishView<'_>,
+    version: ProtocolVersion,
+    buf: &mut BytesMut,
+) -> Result<(), EncodeError> {
     let mut counter = Counter::default();
     publish_body(publish, version, &mut counter);
     let len = counter.finish()?;
@@ -55,7 +100,7 @@ pub fn encode_publish(publish: &Publish, version: ProtocolVersion, buf: &mut Byt
 /// Total encoded size of `publish` for `version`, fixed header included.
 pub fn publish_encoded_len(publish: &Publish, version: ProtocolVersion) -> usize {
     let mut counter = Counter::default();
-    publish_body(publish, version, &mut counter);
+    publish_body(&publish.into(), version, &mut counter);
     total_len(counter.len)
 }
 
@@ -81,7 +126,7 @@ fn write_fixed_header(buf: &mut BytesMut, first: u8, remaining: usize) {
     Writer(buf).varint(remaining as u32);
 }
 
-fn publish_first_byte(p: &Publish) -> u8 {
+fn publish_first_byte(p: &PublishView<'_>) -> u8 {
     0x30 | (u8::from(p.dup) << 3) | ((p.qos as u8) << 1) | u8::from(p.retain)
 }
 
@@ -89,7 +134,7 @@ fn first_byte(packet: &Packet) -> u8 {
     match packet {
         Packet::Connect(_) => 0x10,
         Packet::ConnAck(_) => 0x20,
-        Packet::Publish(p) => publish_first_byte(p),
+        Packet::Publish(p) => publish_first_byte(&p.into()),
         Packet::PubAck(_) => 0x40,
         Packet::PubRec(_) => 0x50,
         Packet::PubRel(_) => 0x62,
@@ -305,7 +350,7 @@ fn body(packet: &Packet, version: ProtocolVersion, s: &mut dyn Sink) {
     match packet {
         Packet::Connect(c) => connect_body(c, s),
         Packet::ConnAck(c) => connack_body(c, v5, s),
-        Packet::Publish(p) => publish_body(p, version, s),
+        Packet::Publish(p) => publish_body(&p.into(), version, s),
         Packet::PubAck(a) | Packet::PubRec(a) | Packet::PubRel(a) | Packet::PubComp(a) => {
             s.u16(a.packet_id.get());
             let no_properties = ack_properties_empty(&a.properties);
@@ -503,8 +548,8 @@ fn connack_body(c: &ConnAck, v5: bool, s: &mut dyn Sink) {
     });
 }
 
-fn publish_body(p: &Publish, version: ProtocolVersion, s: &mut dyn Sink) {
-    s.str(&p.topic);
+fn publish_body(p: &PublishView<'_>, version: ProtocolVersion, s: &mut dyn Sink) {
+    s.str(p.topic);
     if p.qos != QoS::AtMostOnce {
         match p.packet_id {
             Some(id) => s.u16(id.get()),
@@ -512,7 +557,8 @@ fn publish_body(p: &Publish, version: ProtocolVersion, s: &mut dyn Sink) {
         }
     }
     if version.is_v5() {
-        let props = &p.properties;
+        let none = PublishProperties::default();
+        let props = p.properties.unwrap_or(&none);
         property_block(s, |s| {
             s.prop_u8(PAYLOAD_FORMAT_INDICATOR, props.payload_format_indicator);
             s.prop_u32(MESSAGE_EXPIRY_INTERVAL, props.message_expiry_interval);
@@ -526,7 +572,7 @@ fn publish_body(p: &Publish, version: ProtocolVersion, s: &mut dyn Sink) {
             s.prop_str(CONTENT_TYPE, props.content_type.as_deref());
         });
     }
-    s.raw(&p.payload);
+    s.raw(p.payload);
 }
 
 #[cfg(test)]
@@ -611,5 +657,31 @@ mod tests {
         let mut buf = BytesMut::from(&b"xy"[..]);
         encode(&Packet::PingReq, ProtocolVersion::V5, &mut buf).unwrap();
         assert_eq!(&buf[..], [b'x', b'y', 0xC0, 0x00]);
+    }
+
+    /// A borrowed PUBLISH encodes byte for byte as the owned one, in every
+    /// version; `None` properties are an empty property block in v5.
+    #[test]
+    fn a_publish_view_encodes_as_the_publish_it_borrows_from() {
+        let publish = Publish {
+            qos: QoS::AtLeastOnce,
+            retain: true,
+            dup: true,
+            topic: crate::MqttStr::from("a/b"),
+            packet_id: PacketId::new(7),
+            payload: bytes::Bytes::from_static(b"payload"),
+            ..Publish::default()
+        };
+        for version in [ProtocolVersion::V3_1, ProtocolVersion::V3_1_1, ProtocolVersion::V5] {
+            let mut owned = BytesMut::new();
+            encode_publish(&publish, version, &mut owned).unwrap();
+            let mut borrowed = BytesMut::new();
+            let view = PublishView { properties: None, ..PublishView::from(&publish) };
+            encode_publish_view(&view, version, &mut borrowed).unwrap();
+            assert_eq!(owned, borrowed, "{version:?}");
+            assert_eq!(publish_encoded_len(&publish, version), borrowed.len());
+        }
+        let missing_id = PublishView { packet_id: None, ..PublishView::from(&publish) };
+        assert!(encode_publish_view(&missing_id, ProtocolVersion::V3_1_1, &mut BytesMut::new()).is_err());
     }
 }
