@@ -1538,8 +1538,9 @@ fn will_properties(will: &Will) -> midge_codec::PublishProperties {
     }
 }
 
-/// The PUBLISH for one delivery. A v5 Message Expiry Interval is sent as
-/// the time the message has left [MQTT-3.3.2-6].
+/// The PUBLISH for one delivery to an MQTT 5 client (3.x clients get
+/// [`encode_v3`]). Its Message Expiry Interval is sent as the time the
+/// message has left [MQTT-3.3.2-6].
 fn to_publish(delivery: &Delivery, packet_id: Option<PacketId>, dup: bool, now: std::time::Instant) -> Publish {
     let message = &delivery.message;
     let mut properties = message.properties.clone();

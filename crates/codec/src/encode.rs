@@ -40,9 +40,8 @@ pub fn encoded_len(packet: &Packet, version: ProtocolVersion) -> usize {
     total_len(counter.len)
 }
 
-/// Appends the encoding of `publish` for `version` to `buf`: the hot path
-/// of fan-out. Reserves once, then writes the header, topic, properties and
-/// payload; the payload is copied once, from the shared [`bytes::Bytes`].
+/// Appends the encoding of `publish` for `version` to `buf`, as
+/// [`encode_publish_view`] does.
 pub fn encode_publish(publish: &Publish, version: ProtocolVersion, buf: &mut BytesMut) -> Result<(), EncodeError> {
     encode_publish_view(&publish.into(), version, buf)
 }
@@ -83,7 +82,9 @@ impl<'a> From<&'a Publish> for PublishView<'a> {
     }
 }
 
-/// [`encode_publish`] from borrowed parts.
+/// Appends the encoding of `publish` for `version` to `buf`: the hot path
+/// of fan-out. Reserves once, then writes the header, topic, properties and
+/// payload; the payload is copied once, from wherever it is borrowed.
 pub fn encode_publish_view(
     publish: &PublishView<'_>,
     version: ProtocolVersion,
@@ -125,6 +126,18 @@ fn write_fixed_header(buf: &mut BytesMut, first: u8, remaining: usize) {
     // `Counter::finish` has checked remaining <= MAX_VARINT.
     Writer(buf).varint(remaining as u32);
 }
+
+/// What a [`PublishView`] without properties stands for.
+static NO_PROPERTIES: PublishProperties = PublishProperties {
+    payload_format_indicator: None,
+    message_expiry_interval: None,
+    topic_alias: None,
+    response_topic: None,
+    correlation_data: None,
+    user_properties: Vec::new(),
+    subscription_identifiers: Vec::new(),
+    content_type: None,
+};
 
 fn publish_first_byte(p: &PublishView<'_>) -> u8 {
     0x30 | (u8::from(p.dup) << 3) | ((p.qos as u8) << 1) | u8::from(p.retain)
@@ -557,8 +570,7 @@ fn publish_body(p: &PublishView<'_>, version: ProtocolVersion, s: &mut dyn Sink)
         }
     }
     if version.is_v5() {
-        let none = PublishProperties::default();
-        let props = p.properties.unwrap_or(&none);
+        let props = p.properties.unwrap_or(&NO_PROPERTIES);
         property_block(s, |s| {
             s.prop_u8(PAYLOAD_FORMAT_INDICATOR, props.payload_format_indicator);
             s.prop_u32(MESSAGE_EXPIRY_INTERVAL, props.message_expiry_interval);
