@@ -19,6 +19,7 @@ use tokio_util::task::TaskTracker;
 use crate::auth::{AllowAll, Authenticator, Authorizer};
 use crate::config::BrokerConfig;
 use crate::metrics::Metrics;
+use crate::outbox::{Outbox, Recipient};
 use crate::persist;
 use crate::router::{Grant, TopicIndex};
 use crate::session::{Delivery, Discarded, Enqueued, Kick, Message, Session, SessionState, Signal};
@@ -739,6 +740,24 @@ impl Shared {
     /// the publishing client's session, for v5 No Local. Returns the number
     /// of sessions with a matching subscription.
     pub(crate) fn publish(&self, message: Message, origin: Option<&Arc<Session>>) -> usize {
+        self.publish_via(message, origin, None)
+    }
+
+    /// [`Shared::publish`] for a client's message: its copies wait in
+    /// `outbox`, in a run of messages on one topic, for [`Shared::flush`],
+    /// which the connection calls when it has handled its read.
+    pub(crate) fn publish_from(&self, message: Message, origin: &Arc<Session>, outbox: &mut Outbox) -> usize {
+        self.publish_via(message, Some(origin), Some(outbox))
+    }
+
+    /// Queues what `outbox` holds on its target sessions.
+    pub(crate) fn flush(&self, outbox: &mut Outbox) {
+        outbox.flush(|session, deliveries| {
+            session.enqueue_all(deliveries, &self.config, self.store(), |outcome| self.count_enqueue(outcome));
+        });
+    }
+
+    fn publish_via(&self, message: Message, origin: Option<&Arc<Session>>, outbox: Option<&mut Outbox>) -> usize {
         let message = Arc::new(message);
         if message.retain {
             let mut retained = self.retained.write();
@@ -762,13 +781,22 @@ impl Shared {
                 }
             }
         }
-        self.route(message, origin)
+        match outbox {
+            None => self.route(message, origin, None),
+            Some(outbox) => match outbox.join(&message) {
+                Some(matched) => matched,
+                None => {
+                    self.flush(outbox);
+                    self.route(message, origin, Some(outbox))
+                }
+            },
+        }
     }
 
     /// Delivers `message` to every session with a matching subscription:
     /// one copy per session at the highest matching QoS [MQTT-3.3.5-1],
     /// downgraded to the published QoS [MQTT-3.8.4-6].
-    fn route(&self, message: Arc<Message>, origin: Option<&Arc<Session>>) -> usize {
+    fn route(&self, message: Arc<Message>, origin: Option<&Arc<Session>>, outbox: Option<&mut Outbox>) -> usize {
         let router = self.router.read();
         // The first match is kept apart: a message with one subscriber (the
         // common case) allocates no list of targets.
@@ -813,8 +841,27 @@ impl Shared {
             });
         }
         let mut matched = targets.len() + usize::from(first.is_some());
+        let targets = first.into_iter().chain(targets).map(|target| {
+            let mut subscription_ids = target.ids;
+            subscription_ids.sort_unstable();
+            Recipient {
+                session: target.session.0.clone(),
+                qos: target.qos,
+                retain_as_published: target.retain_as_published,
+                subscription_ids,
+            }
+        });
+        if let Some(outbox) = outbox
+            && groups.is_empty()
+        {
+            // The start of a run: later messages on this topic in the same
+            // read go where this one goes (see `outbox`).
+            outbox.start(message, targets, matched);
+            return matched;
+        }
         // Each share group gives the message to one member, separately from
-        // that member's own subscriptions (v5 section 4.8.2).
+        // that member's own subscriptions (v5 section 4.8.2); a member is
+        // picked per message, so these are queued at once.
         for group in groups {
             let Some((member, grant)) = group.pick(self.config.shared_strategy, None) else { continue };
             matched += 1;
@@ -828,26 +875,23 @@ impl Shared {
             };
             self.count_enqueue(member.0.enqueue(delivery, &self.config, self.store()));
         }
-        for target in first.into_iter().chain(targets) {
+        for target in targets {
             // RETAIN is cleared on normal delivery [MQTT-3.3.1-9] unless the
             // subscription asked for it as published [MQTT-3.3.1-13].
-            let retain = target.retain_as_published && message.retain;
-            let mut subscription_ids = target.ids;
-            subscription_ids.sort_unstable();
             let delivery = Delivery {
                 message: message.clone(),
                 qos: target.qos.min(message.qos),
-                retain,
-                subscription_ids,
+                retain: target.retain_as_published && message.retain,
+                subscription_ids: target.subscription_ids,
                 shared: None,
                 seq: 0,
             };
-            self.count_enqueue(target.session.0.enqueue(delivery, &self.config, self.store()));
+            self.count_enqueue(target.session.enqueue(delivery, &self.config, self.store()));
         }
         matched
     }
 
-    /// Retained messages matching `filter`, for a new subscription.
+    /// Counts a delivery a session's queue turned away.
     fn count_enqueue(&self, outcome: Enqueued) {
         match outcome {
             Enqueued::Queued | Enqueued::DroppedDiscarded => {}
@@ -856,7 +900,8 @@ impl Shared {
         }
     }
 
-    /// An expired retained message is not sent [MQTT-3.3.2-5].
+    /// Retained messages matching `filter`, for a new subscription. An
+    /// expired one is not sent [MQTT-3.3.2-5].
     pub(crate) fn retained_matching(&self, filter: &str) -> Vec<Arc<Message>> {
         let now = std::time::Instant::now();
         let retained = self.retained.read();

@@ -31,6 +31,7 @@ use tokio::time::Instant;
 use crate::auth::{AuthExchange, AuthStep, ClientInfo, Verdict};
 use crate::broker::{Origin, Shared};
 use crate::metrics::Metrics;
+use crate::outbox::Outbox;
 use crate::persist;
 use crate::router::Grant;
 use crate::session::{Delivery, InflightState, Kick, Message, Refill, Session, Signal};
@@ -621,6 +622,7 @@ where
             needs_durable: false,
             routed: 0,
             page_in: None,
+            outbox: None,
         };
         conn.resend_inflight();
         drop(connect);
@@ -665,6 +667,10 @@ struct Conn {
     /// The session's in-memory queue ran dry with a backlog in the store:
     /// read it from (session, sequence).
     page_in: Option<Refill>,
+    /// Deliveries of the read being handled, queued together when it is
+    /// handled; boxed on the first message routed (most connections
+    /// publish little or nothing).
+    outbox: Option<Box<Outbox>>,
 }
 
 /// Topic aliases, kept apart from [`Conn`]: most clients never use any.
@@ -896,16 +902,39 @@ impl Conn {
     /// re-authentication they asked for. Callers box it (one allocation per
     /// read, not per packet): its future is large, and an idle connection
     /// would otherwise carry room for it all the time.
+    ///
+    /// The messages routed meanwhile are queued on their subscribers' sessions
+    /// before it returns, however it ends: before the acknowledgements go out,
+    /// and before the connection closes.
     async fn handle_buffered(&mut self, rbuf: &mut BytesMut) -> Result<(), Close> {
-        loop {
-            match decode(rbuf, self.version, self.shared.config.max_packet_size) {
-                Ok(Some(packet)) => {
-                    Metrics::inc(&self.shared.metrics.packets_received);
-                    self.handle(packet).await?;
+        let handled = async {
+            loop {
+                match decode(rbuf, self.version, self.shared.config.max_packet_size) {
+                    Ok(Some(packet)) => {
+                        Metrics::inc(&self.shared.metrics.packets_received);
+                        if !matches!(packet, Packet::Publish(_)) {
+                            // What was routed before it is queued before the
+                            // packet acts: a PINGREQ's drain, a SUBSCRIBE's
+                            // retained messages, the close a DISCONNECT starts.
+                            self.flush_outbox();
+                        }
+                        self.handle(packet).await?;
+                    }
+                    Ok(None) => return self.reauthenticate().await,
+                    Err(e) => return Err(Close::Malformed(e)),
                 }
-                Ok(None) => return self.reauthenticate().await,
-                Err(e) => return Err(Close::Malformed(e)),
             }
+        }
+        .await;
+        self.flush_outbox();
+        handled
+    }
+
+    fn flush_outbox(&mut self) {
+        if let Some(outbox) = &mut self.outbox
+            && !outbox.is_empty()
+        {
+            self.shared.flush(outbox);
         }
     }
 
@@ -1180,7 +1209,8 @@ impl Conn {
     /// Routes a client's message; returns how many sessions it matched.
     fn route(&mut self, publish: Publish) -> usize {
         let message = Message::new(publish.topic, publish.payload, publish.qos, publish.retain, publish.properties);
-        let matched = self.shared.publish(message, Some(&self.session));
+        let outbox = self.outbox.get_or_insert_default();
+        let matched = self.shared.publish_from(message, &self.session, outbox);
         if matched > 0 {
             self.routed = self.routed.saturating_add(1);
         }

@@ -32,6 +32,7 @@ mod broker;
 mod config;
 mod connection;
 mod metrics;
+mod outbox;
 mod persist;
 pub mod router;
 mod session;

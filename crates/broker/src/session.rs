@@ -83,6 +83,24 @@ pub(crate) struct Delivery {
     pub(crate) seq: u64,
 }
 
+/// What one session's copy of a message adds to the message: a
+/// [`Delivery`] without the message, while the copies of a read are held in
+/// an outbox with the message kept once.
+#[derive(Debug)]
+pub(crate) struct Terms {
+    pub(crate) qos: QoS,
+    pub(crate) retain: bool,
+    pub(crate) subscription_ids: Vec<u32>,
+    pub(crate) shared: Option<Arc<SharedGroup>>,
+}
+
+impl Terms {
+    pub(crate) fn of(self, message: Arc<Message>) -> Delivery {
+        let Terms { qos, retain, subscription_ids, shared } = self;
+        Delivery { message, qos, retain, subscription_ids, shared, seq: 0 }
+    }
+}
+
 /// Where an outbound QoS 1/2 message stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum InflightState {
@@ -321,60 +339,73 @@ impl Session {
         self.online.store(online, Ordering::Relaxed);
     }
 
-    /// Appends a delivery for the client and wakes its connection. Bounded
-    /// by `max_queued_messages`; QoS 0 is not kept for an absent client
-    /// (Mosquitto's default `queue_qos0_messages false`).
+    /// Appends a delivery for the client and wakes its connection: what
+    /// [`Session::enqueue_all`] does for one.
+    pub(crate) fn enqueue(&self, delivery: Delivery, config: &BrokerConfig, store: Option<&dyn Store>) -> Enqueued {
+        let mut result = Enqueued::Queued;
+        self.enqueue_all(std::iter::once(delivery), config, store, |outcome| result = outcome);
+        result
+    }
+
+    /// Appends deliveries for the client, in order, under one lock, and
+    /// wakes its connection at most once; `outcome` hears what became of
+    /// each. Bounded by `max_queued_messages`; QoS 0 is not kept for an
+    /// absent client (Mosquitto's default `queue_qos0_messages false`).
     ///
     /// A QoS 1/2 delivery to a stored session is written to `store` here,
     /// under the session's lock, so its acknowledgement (which needs this
     /// lock too) can only be written after it. Past `max_queued_in_memory`
     /// it stays in the store only; so does anything behind such a backlog,
     /// QoS 0 included, to keep the order.
-    pub(crate) fn enqueue(&self, mut delivery: Delivery, config: &BrokerConfig, store: Option<&dyn Store>) -> Enqueued {
+    pub(crate) fn enqueue_all(
+        &self,
+        deliveries: impl IntoIterator<Item = Delivery>,
+        config: &BrokerConfig,
+        store: Option<&dyn Store>,
+        mut outcome: impl FnMut(Enqueued),
+    ) {
         let mut state = self.state.lock();
-        if state.discarded {
-            return Enqueued::DroppedDiscarded;
-        }
-        let online = state.owner.is_some();
-        if !online && delivery.qos == QoS::AtMostOnce {
-            return Enqueued::DroppedQoS0Offline;
-        }
-        if state.queue.len() as u64 + state.spilled() >= config.max_queued_messages as u64 {
-            return Enqueued::DroppedQueueFull;
-        }
-        delivery.seq = 0;
-        if let Some(store) = store
-            && state.stored
-            && (delivery.qos != QoS::AtMostOnce || state.spill_from.is_some())
-        {
-            delivery.seq = state.next_seq;
-            state.next_seq += 1;
-            persist::put_queued(store, state.sid, delivery.seq, &delivery);
-            if state.spill_from.is_some() || state.queue.len() >= config.max_queued_in_memory {
-                state.spill_from.get_or_insert(delivery.seq);
-                // A connection that ran dry looks at the backlog when woken.
-                let wake = state.queue.is_empty().then(|| state.owner.as_ref().map(|o| o.signal.clone())).flatten();
-                drop(state);
-                if let Some(wake) = wake {
-                    wake.wake();
-                }
-                return Enqueued::Queued;
-            }
-        }
-        let Some(owner) = &state.owner else {
-            state.queue.push_back(delivery);
-            return Enqueued::Queued;
-        };
-        let wake_needed = state.queue.is_empty();
-        let wake = wake_needed.then(|| owner.signal.clone());
-        state.queue.push_back(delivery);
-        drop(state);
         // One wake per empty→non-empty transition: the connection drains the
-        // whole queue each time it runs.
-        if let Some(wake) = wake {
-            wake.wake();
+        // whole queue each time it runs. A connection that ran dry looks at
+        // the store's backlog when woken, too.
+        let mut wake = false;
+        for mut delivery in deliveries {
+            if state.discarded {
+                outcome(Enqueued::DroppedDiscarded);
+                continue;
+            }
+            if state.owner.is_none() && delivery.qos == QoS::AtMostOnce {
+                outcome(Enqueued::DroppedQoS0Offline);
+                continue;
+            }
+            if state.queue.len() as u64 + state.spilled() >= config.max_queued_messages as u64 {
+                outcome(Enqueued::DroppedQueueFull);
+                continue;
+            }
+            delivery.seq = 0;
+            if let Some(store) = store
+                && state.stored
+                && (delivery.qos != QoS::AtMostOnce || state.spill_from.is_some())
+            {
+                delivery.seq = state.next_seq;
+                state.next_seq += 1;
+                persist::put_queued(store, state.sid, delivery.seq, &delivery);
+                if state.spill_from.is_some() || state.queue.len() >= config.max_queued_in_memory {
+                    state.spill_from.get_or_insert(delivery.seq);
+                    wake |= state.queue.is_empty();
+                    outcome(Enqueued::Queued);
+                    continue;
+                }
+            }
+            wake |= state.queue.is_empty();
+            state.queue.push_back(delivery);
+            outcome(Enqueued::Queued);
         }
-        Enqueued::Queued
+        let signal = if wake { state.owner.as_ref().map(|o| o.signal.clone()) } else { None };
+        drop(state);
+        if let Some(signal) = signal {
+            signal.wake();
+        }
     }
 }
 

@@ -978,6 +978,92 @@ mod qos {
         assert_eq!(in_order("order/q0"), sent);
     }
 
+    /// [MQTT-4.6.0-6] order, [MQTT-3.3.5-1] one copy at the highest QoS and
+    /// [MQTT-3.8.4-6] the downgrade hold for messages that reach the broker in
+    /// one read, on topics that change from message to message (midge queues a
+    /// read's messages on one topic together). The publisher's own copies, and
+    /// its PUBACKs in order [MQTT-4.6.0-2], come before the PINGRESP of the
+    /// PINGREQ behind them.
+    #[test]
+    fn messages_in_one_write_on_changing_topics_keep_their_order_and_qos() {
+        let broker = midge();
+        let mut all = subscriber(&broker, "all", &[("run/#", 1)]);
+        let mut overlap = subscriber(&broker, "overlap", &[("run/a", 0), ("run/+", 2)]);
+        let mut publisher = subscriber(&broker, "pub", &[("run/b", 0)]);
+        let plan = ["a", "a", "a", "b", "b", "a", "c", "b", "b", "b", "a"];
+        // QoS 1 on even messages, else 2 on every third, else 0.
+        let qos_of = |i: usize| -> u8 {
+            match i {
+                _ if i.is_multiple_of(2) => 1,
+                _ if i.is_multiple_of(3) => 2,
+                _ => 0,
+            }
+        };
+        let mut bytes = Vec::new();
+        for (i, topic) in plan.iter().enumerate() {
+            let publish = PublishPacket::new(format!("run/{topic}"), i.to_string());
+            let publish = match qos_of(i) {
+                0 => publish,
+                qos => publish.qos(qos, i as u16 + 1),
+            };
+            bytes.extend(publish.build());
+        }
+        bytes.extend(build::pingreq());
+        publisher.send(&bytes);
+
+        let acked: Vec<usize> = (0..plan.len()).filter(|&i| qos_of(i) > 0).collect();
+        let mut own = Vec::new();
+        let mut acks = Vec::new();
+        let mut comps = 0;
+        loop {
+            let packet = publisher.expect_packet();
+            match packet.packet_type() {
+                packet_type::PUBLISH => own.push(packet.publish().unwrap_or_else(|e| panic!("{e}"))),
+                packet_type::PUBACK => acks.push(packet.puback().unwrap_or_else(|e| panic!("{e}"))),
+                packet_type::PUBREC => {
+                    let id = packet.pubrec().unwrap_or_else(|e| panic!("{e}"));
+                    acks.push(id);
+                    publisher.send(&build::pubrel(id));
+                }
+                packet_type::PUBCOMP => comps += 1,
+                packet_type::PINGRESP => break,
+                _ => panic!("unexpected {packet:?}"),
+            }
+        }
+        let qos2 = (0..plan.len()).filter(|&i| qos_of(i) == 2).count();
+        while comps < qos2 {
+            publisher.expect_pubcomp();
+            comps += 1;
+        }
+        let expected_acks: Vec<u16> = acked.iter().map(|&i| i as u16 + 1).collect();
+        assert_eq!(acks, expected_acks, "acknowledgements in PUBLISH order [MQTT-4.6.0-2]");
+        let on = |topic: &str| -> Vec<String> {
+            (0..plan.len()).filter(|&i| plan[i] == topic).map(|i| i.to_string()).collect()
+        };
+        assert_eq!(payloads(&own), on("b"), "the publisher's own copies, before its PINGRESP");
+        assert!(own.iter().all(|p| p.qos == 0), "its run/b subscription is QoS 0: {own:?}");
+
+        let every = receive(&mut all, plan.len());
+        let all_payloads: Vec<String> = (0..plan.len()).map(|i| i.to_string()).collect();
+        // Per topic [MQTT-4.6.0-6]; midge keeps one client's order across topics too.
+        assert_eq!(payloads(&every), all_payloads, "one subscription, one publisher: published order");
+        for p in &every {
+            let i: usize = String::from_utf8_lossy(&p.payload).parse().expect("a number");
+            assert_eq!(p.qos, qos_of(i).min(1), "min(published, granted 1) [MQTT-3.8.4-6]: {p:?}");
+        }
+
+        let both = receive(&mut overlap, plan.len());
+        assert_eq!(payloads(&both), all_payloads, "one copy each [MQTT-3.3.5-1], in order");
+        for p in &both {
+            let i: usize = String::from_utf8_lossy(&p.payload).parse().expect("a number");
+            assert_eq!(p.qos, qos_of(i), "highest matching grant (2), downgraded to the published: {p:?}");
+        }
+        // No extra copies behind: the probe is the next thing either gets.
+        expect_next_is_probe(&broker, &mut all, "run/a");
+        let probe = overlap.expect_publish();
+        assert_eq!(probe.payload, b"probe", "{probe:?}");
+    }
+
     /// [MQTT-3.3.1-3] the DUP flag of an incoming PUBLISH is not propagated: a
     /// first delivery to a subscriber has DUP 0.
     #[test]

@@ -531,6 +531,46 @@ async fn a_qos_1_publish_nobody_subscribes_to_is_acknowledged_with_no_matching_s
     assert_eq!(text(&sub.next_publish().await), "heard");
 }
 
+/// Back-to-back QoS 1 messages on changing topics (which the broker reads and routes
+/// together) each get their own PUBACK reason: 0x10 where nobody subscribes, 0x00
+/// where somebody does (v5 section 3.4.2.1), in the order published [MQTT-4.6.0-2].
+#[tokio::test]
+async fn back_to_back_publishes_each_get_their_own_puback_reason() {
+    let broker = start_broker(&[]);
+    let mut sub = Client::connected(&broker, "v5-acks-sub").await;
+    sub.subscribe("acks/heard", QoS::AtLeastOnce).await;
+    let mut publisher = Client::connected(&broker, "v5-acks-pub").await;
+    let plan = ["acks/nobody", "acks/nobody", "acks/heard", "acks/heard", "acks/nobody", "acks/heard"];
+    // Queued without waiting: the event loop writes them one behind the other.
+    for (i, topic) in plan.iter().enumerate() {
+        publisher.client.publish(*topic, QoS::AtLeastOnce, false, i.to_string()).await.expect("queue PUBLISH");
+    }
+    let mut acks = Vec::new();
+    while acks.len() < plan.len() {
+        let ack = publisher
+            .wait_for("PUBACK", |event| match event {
+                Event::Incoming(Packet::PubAck(ack)) => Some((ack.pkid, ack.reason)),
+                _ => None,
+            })
+            .await;
+        acks.push(ack);
+    }
+    let expected: Vec<(u16, PubAckReason)> = plan
+        .iter()
+        .enumerate()
+        .map(|(i, topic)| {
+            let reason =
+                if *topic == "acks/heard" { PubAckReason::Success } else { PubAckReason::NoMatchingSubscribers };
+            (i as u16 + 1, reason)
+        })
+        .collect();
+    assert_eq!(acks, expected);
+    for i in [2, 3, 5] {
+        assert_eq!(text(&sub.next_publish().await), i.to_string());
+    }
+    sub.expect_no_publish(QUIET).await;
+}
+
 /// A client may set a Topic Alias with one PUBLISH and then publish with an empty
 /// topic and only the alias (v5 section 3.3.2.3.4); subscribers get the full topic
 /// and, having allowed no aliases themselves, no Topic Alias [MQTT-3.1.2-27].
