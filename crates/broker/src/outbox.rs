@@ -30,6 +30,10 @@ use crate::session::{Delivery, Message, Session, Terms};
 /// reaches the subscribers before the read is done.
 pub(crate) const LIMIT: usize = 256;
 
+/// Room for targets and messages an outbox keeps between runs; more is let
+/// go when flushed.
+const KEPT: usize = 64;
+
 #[derive(Debug, Default)]
 pub(crate) struct Outbox {
     /// The messages of the run, in order; all on one topic.
@@ -72,6 +76,9 @@ impl Outbox {
     pub(crate) fn start(&mut self, message: Arc<Message>, targets: impl Iterator<Item = Recipient>, matched: usize) {
         debug_assert!(self.is_empty());
         self.messages.push(message);
+        // Sized once: a run to many sessions after one to few grows no list
+        // step by step.
+        self.targets.reserve_exact(targets.size_hint().0);
         self.targets.extend(targets);
         self.matched = matched;
     }
@@ -83,6 +90,14 @@ impl Outbox {
             deliver(&target.session, Copies { target: &target, messages: self.messages.iter() });
         }
         self.messages.clear();
+        // Every connection that publishes keeps an outbox: what one run to
+        // a topic with 100,000 subscribers needed is not kept for the next.
+        if self.targets.capacity() > KEPT {
+            self.targets = Vec::new();
+        }
+        if self.messages.capacity() > KEPT {
+            self.messages = Vec::new();
+        }
     }
 }
 
@@ -178,6 +193,27 @@ mod tests {
             1,
         );
         assert_eq!(flushed(&mut outbox), [("b".into(), vec![(4, QoS::AtMostOnce, false, vec![])])]);
+    }
+
+    #[test]
+    fn a_run_to_many_sessions_leaves_no_large_lists_behind() {
+        let sessions: Vec<Arc<Session>> = (0..KEPT + 1).map(|i| session(&i.to_string())).collect();
+        let mut outbox = Outbox::default();
+        let targets = sessions.iter().map(|s| target(s, QoS::AtMostOnce, false, vec![]));
+        outbox.start(message("t", 0, QoS::AtMostOnce, false), targets, KEPT + 1);
+        for _ in 0..KEPT {
+            outbox.join(&message("t", 0, QoS::AtMostOnce, false));
+        }
+        assert_eq!(flushed(&mut outbox).len(), KEPT + 1);
+        assert_eq!((outbox.targets.capacity(), outbox.messages.capacity()), (0, 0));
+        // Small ones are kept for the next run.
+        outbox.start(
+            message("t", 0, QoS::AtMostOnce, false),
+            std::iter::once(target(&sessions[0], QoS::AtMostOnce, false, vec![])),
+            1,
+        );
+        flushed(&mut outbox);
+        assert!(outbox.targets.capacity() >= 1 && outbox.messages.capacity() >= 1);
     }
 
     #[test]
