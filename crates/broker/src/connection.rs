@@ -1573,7 +1573,7 @@ fn will_properties(will: &Will) -> midge_codec::PublishProperties {
 /// message has left [MQTT-3.3.2-6].
 fn to_publish(delivery: &Delivery, packet_id: Option<PacketId>, dup: bool, now: std::time::Instant) -> Publish {
     let message = &delivery.message;
-    let mut properties = message.properties.clone();
+    let mut properties = message.properties().clone();
     properties.subscription_identifiers.clone_from(&delivery.subscription_ids);
     if let Some(expires_at) = message.expires_at {
         let left = expires_at.saturating_duration_since(now);
