@@ -23,7 +23,7 @@ use bytes::{Bytes, BytesMut};
 use midge_codec::{
     AckProperties, Auth, AuthProperties, ConnAck, Connect, DecodeError, Disconnect, MqttStr, Packet, PacketId,
     ProtocolVersion, PubAck, Publish, PublishView, QoS, ReasonCode, RetainHandling, SubAck, Subscribe, UnsubAck,
-    Unsubscribe, Will, decode, encode, encode_publish, encode_publish_view, publish_encoded_len, topic,
+    Unsubscribe, Will, decode, encode, encode_publish_view, publish_view_encoded_len, topic,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
@@ -1343,16 +1343,14 @@ impl Conn {
     /// DUP=1 and PUBREL packets are re-sent, in their original order
     /// [MQTT-4.4.0-1].
     fn resend_inflight(&mut self) {
+        let now = std::time::Instant::now();
         let state = self.session.state.lock();
         let mut out = std::mem::take(&mut self.wbuf);
         for entry in &state.inflight {
             match entry.state {
-                InflightState::ExpectAck if !self.version.is_v5() => {
-                    encode_v3(&entry.delivery, Some(entry.packet_id), true, self.version, &mut out);
-                }
                 InflightState::ExpectAck => {
-                    let publish = to_publish(&entry.delivery, Some(entry.packet_id), true, std::time::Instant::now());
-                    let _ = encode_publish(&publish, self.version, &mut out);
+                    let view = delivery_view(&entry.delivery, Some(entry.packet_id), true, now);
+                    let _ = encode_publish_view(&view, self.version, &mut out);
                 }
                 InflightState::ExpectComp => {
                     let _ = encode(&Packet::PubRel(PubAck::new(entry.packet_id)), self.version, &mut out);
@@ -1412,24 +1410,21 @@ impl Conn {
                 self.discard(packet_id, &self.shared.metrics.delivery_denied);
                 continue;
             }
-            if !self.version.is_v5() {
-                encode_v3(&delivery, packet_id, false, self.version, &mut self.wbuf);
-                sent += 1;
-                continue;
+            let mut view = delivery_view(&delivery, packet_id, false, now);
+            if self.version.is_v5() {
+                let new_alias = self.apply_outbound_alias(&mut view, &delivery.message.topic);
+                if let Some(max) = self.client_max_packet
+                    && publish_view_encoded_len(&view, self.version) > max as usize
+                {
+                    self.discard(packet_id, &self.shared.metrics.dropped_too_large);
+                    continue;
+                }
+                // The client learns an alias only from a packet it receives.
+                if let Some(alias) = new_alias {
+                    self.aliases.get_or_insert_default().outbound.insert(delivery.message.topic.clone(), alias);
+                }
             }
-            let mut publish = to_publish(&delivery, packet_id, false, now);
-            let new_alias = self.apply_outbound_alias(&mut publish);
-            if let Some(max) = self.client_max_packet
-                && publish_encoded_len(&publish, self.version) > max as usize
-            {
-                self.discard(packet_id, &self.shared.metrics.dropped_too_large);
-                continue;
-            }
-            // The client learns an alias only from a packet it receives.
-            if let Some((topic, alias)) = new_alias {
-                self.aliases.get_or_insert_default().outbound.insert(topic, alias);
-            }
-            let _ = encode_publish(&publish, self.version, &mut self.wbuf);
+            let _ = encode_publish_view(&view, self.version, &mut self.wbuf);
             sent += 1;
         }
         self.sendable = sendable;
@@ -1442,22 +1437,22 @@ impl Conn {
     /// Uses a topic alias towards a v5 client that accepts them: a topic
     /// seen before goes as an empty topic with its alias; a new one gets the
     /// next free alias, returned for recording once the packet is sent.
-    fn apply_outbound_alias(&self, publish: &mut Publish) -> Option<(MqttStr, u16)> {
+    fn apply_outbound_alias(&self, view: &mut PublishView<'_>, topic: &MqttStr) -> Option<u16> {
         if self.client_alias_maximum == 0 {
             return None;
         }
         let outbound = self.aliases.as_ref().map(|a| &a.outbound);
-        if let Some(&alias) = outbound.and_then(|o| o.get(&publish.topic)) {
-            publish.properties.topic_alias = Some(alias);
-            publish.topic = MqttStr::default();
+        if let Some(&alias) = outbound.and_then(|o| o.get(topic)) {
+            view.topic_alias = Some(alias);
+            view.topic = "";
             return None;
         }
         let next = u16::try_from(outbound.map_or(0, HashMap::len) + 1).ok()?;
         if next > self.client_alias_maximum {
             return None;
         }
-        publish.properties.topic_alias = Some(next);
-        Some((publish.topic.clone(), next))
+        view.topic_alias = Some(next);
+        Some(next)
     }
 
     /// Drops a message the client may not get, as if it had been delivered:
@@ -1568,52 +1563,34 @@ fn will_properties(will: &Will) -> midge_codec::PublishProperties {
     }
 }
 
-/// The PUBLISH for one delivery to an MQTT 5 client (3.x clients get
-/// [`encode_v3`]). Its Message Expiry Interval is sent as the time the
-/// message has left [MQTT-3.3.2-6].
-fn to_publish(delivery: &Delivery, packet_id: Option<PacketId>, dup: bool, now: std::time::Instant) -> Publish {
-    let message = &delivery.message;
-    let mut properties = message.properties().clone();
-    properties.subscription_identifiers.clone_from(&delivery.subscription_ids);
-    if let Some(expires_at) = message.expires_at {
-        let left = expires_at.saturating_duration_since(now);
-        // Rounded up, so a message with time left never reads as expired.
-        let secs = left.as_secs() + u64::from(left.subsec_nanos() > 0);
-        properties.message_expiry_interval = Some(u32::try_from(secs.max(1)).unwrap_or(u32::MAX));
-    }
-    Publish {
-        dup,
-        qos: delivery.qos,
-        retain: delivery.retain,
-        topic: message.topic.clone(),
-        packet_id,
-        properties,
-        payload: message.payload.clone(),
-    }
-}
-
-/// Encodes one delivery to an MQTT 3.x client straight from the shared
-/// message: 3.x has no properties, topic aliases or maximum packet size,
-/// so there is nothing to build per copy. Building a [`Publish`] per copy
-/// cloned the message's properties (that alone was 8% of the broker's CPU
-/// in QoS 0 fan-out to 100 subscribers) and touched the reference counts of
-/// its topic and payload, which every subscriber's thread shares.
-fn encode_v3(
+/// The PUBLISH of one delivery, borrowed from the shared message: nothing
+/// is built or copied per copy but the bytes written. Building a `Publish`
+/// per copy cloned the message's properties (8% of the broker's CPU in QoS 0
+/// fan-out to 100 subscribers) and touched the reference counts of its topic
+/// and payload, which every subscriber's thread shares. For MQTT 5 it carries
+/// the delivery's Subscription Identifiers [MQTT-3.3.4-3] and what is left of
+/// the Message Expiry Interval [MQTT-3.3.2-6]; 3.x encodes no properties.
+fn delivery_view(
     delivery: &Delivery,
     packet_id: Option<PacketId>,
     dup: bool,
-    version: ProtocolVersion,
-    buf: &mut BytesMut,
-) {
+    now: std::time::Instant,
+) -> PublishView<'_> {
     let message = &delivery.message;
-    let publish = PublishView {
+    let message_expiry_interval = message.expires_at.map(|expires_at| {
+        let left = expires_at.saturating_duration_since(now);
+        // Rounded up, so a message with time left never reads as expired.
+        let secs = left.as_secs() + u64::from(left.subsec_nanos() > 0);
+        u32::try_from(secs.max(1)).unwrap_or(u32::MAX)
+    });
+    PublishView {
         dup,
         qos: delivery.qos,
         retain: delivery.retain,
-        topic: &message.topic,
         packet_id,
-        properties: None,
-        payload: &message.payload,
-    };
-    let _ = encode_publish_view(&publish, version, buf);
+        properties: message.properties.as_deref(),
+        message_expiry_interval,
+        subscription_identifiers: &delivery.subscription_ids,
+        ..PublishView::new(&message.topic, &message.payload)
+    }
 }

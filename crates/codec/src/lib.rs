@@ -25,7 +25,10 @@ pub mod string;
 pub mod topic;
 
 pub use decode::decode;
-pub use encode::{PublishView, encode, encode_publish, encode_publish_view, encoded_len, publish_encoded_len};
+pub use encode::{
+    PublishView, encode, encode_publish, encode_publish_view, encoded_len, publish_encoded_len,
+    publish_view_encoded_len,
+};
 pub use error::{DecodeError, EncodeError};
 pub use packet::*;
 pub use reason::ReasonCode;
