@@ -347,7 +347,24 @@ fn read_acks(conn: &mut Conn, version: ProtocolVersion, wbuf: &mut BytesMut, flo
         }
     }
     let mut done = 0;
-    while let Some(packet) = decode(&mut conn.rbuf, version, MAX_PACKET).context("malformed packet from the broker")? {
+    loop {
+        match short_ack(&conn.rbuf) {
+            Some((PUBACK | PUBCOMP, _)) => {
+                conn.rbuf.advance(4);
+                done += 1;
+                continue;
+            }
+            Some((PUBREC, id)) => {
+                conn.rbuf.advance(4);
+                put_ack(wbuf, PUBREL, id);
+                continue;
+            }
+            _ => {}
+        }
+        let Some(packet) = decode(&mut conn.rbuf, version, MAX_PACKET).context("malformed packet from the broker")?
+        else {
+            break;
+        };
         match packet {
             Packet::PubAck(ack) | Packet::PubComp(ack) => {
                 if ack.reason_code.is_error() {
@@ -445,11 +462,14 @@ async fn subscribe_loop(
                     hist.saturating_record(now.saturating_sub(u64::from_le_bytes(sent)).max(1));
                 }
                 if let Some(id) = view.packet_id {
-                    let ack = PubAck::new(id);
-                    let ack = if view.qos == QoS::ExactlyOnce { Packet::PubRec(ack) } else { Packet::PubAck(ack) };
-                    encode(&ack, version, &mut wbuf).context("encoding PUBACK")?;
+                    put_ack(&mut wbuf, if view.qos == QoS::ExactlyOnce { PUBREC } else { PUBACK }, id);
                 }
                 conn.rbuf.advance(view.len);
+                continue;
+            }
+            if let Some((PUBREL, id)) = short_ack(&conn.rbuf) {
+                conn.rbuf.advance(4);
+                put_ack(&mut wbuf, PUBCOMP, id);
                 continue;
             }
             let Some(packet) =
@@ -547,6 +567,34 @@ impl PublishView {
     }
 }
 
+/// Packet types of the acknowledgements, as in the fixed header's high nibble.
+const PUBACK: u8 = 4;
+const PUBREC: u8 = 5;
+const PUBREL: u8 = 6;
+const PUBCOMP: u8 = 7;
+
+/// A success acknowledgement framed in place, as [`PublishView`] frames a
+/// PUBLISH: the type and packet id of a PUBACK, PUBREC, PUBREL or PUBCOMP
+/// of remaining length 2 (always in 3.x; in v5 when the reason is Success
+/// and there are no properties, section 3.4.2.1). Decoding each into a
+/// [`Packet`] was a tenth of the generator's CPU in QoS 2 pairs. Anything
+/// else is left to [`decode`].
+fn short_ack(buf: &[u8]) -> Option<(u8, NonZeroU16)> {
+    let [first, 2, high, low, ..] = *buf else { return None };
+    if !matches!(first, 0x40 | 0x50 | 0x62 | 0x70) {
+        return None;
+    }
+    Some((first >> 4, NonZeroU16::new(u16::from_be_bytes([high, low]))?))
+}
+
+/// Appends a success acknowledgement of type `kind` for `id`: the four
+/// bytes the codec writes for one, in every version.
+fn put_ack(buf: &mut BytesMut, kind: u8, id: NonZeroU16) {
+    let flags = if kind == PUBREL { 0x02 } else { 0 };
+    let [high, low] = id.get().to_be_bytes();
+    buf.extend_from_slice(&[kind << 4 | flags, 2, high, low]);
+}
+
 /// A Variable Byte Integer at the front of `buf`: its value and length.
 fn varint(buf: &[u8]) -> Option<(usize, usize)> {
     let mut value = 0usize;
@@ -598,6 +646,36 @@ mod tests {
                     assert_eq!(decoded, Packet::Publish(publish));
                 }
             }
+        }
+    }
+
+    /// The acknowledgements written and framed in place are the codec's, in
+    /// every version; anything longer or malformed is left to the codec.
+    #[test]
+    fn short_acks_are_the_codecs() {
+        let id = NonZeroU16::new(0x1234).expect("non-zero");
+        for version in [ProtocolVersion::V3_1, ProtocolVersion::V3_1_1, ProtocolVersion::V5] {
+            for (kind, packet) in [
+                (PUBACK, Packet::PubAck(PubAck::new(id))),
+                (PUBREC, Packet::PubRec(PubAck::new(id))),
+                (PUBREL, Packet::PubRel(PubAck::new(id))),
+                (PUBCOMP, Packet::PubComp(PubAck::new(id))),
+            ] {
+                let mut ours = BytesMut::new();
+                put_ack(&mut ours, kind, id);
+                let mut codec = BytesMut::new();
+                encode(&packet, version, &mut codec).expect("encodes");
+                assert_eq!(ours, codec, "{version:?} {packet:?}");
+                assert_eq!(short_ack(&ours), Some((kind, id)));
+                for cut in 0..4 {
+                    assert_eq!(short_ack(&ours[..cut]), None);
+                }
+            }
+        }
+        // A v5 acknowledgement with a reason code, packet id 0, PUBREL
+        // without its flag, a PUBLISH: the codec's.
+        for other in [&[0x40, 3, 0x12, 0x34, 0x10][..], &[0x40, 2, 0, 0], &[0x60, 2, 0x12, 0x34], &[0x30, 2, 0, 1]] {
+            assert_eq!(short_ack(other), None, "{other:?}");
         }
     }
 
