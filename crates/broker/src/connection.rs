@@ -667,9 +667,10 @@ struct Conn {
     /// The session's in-memory queue ran dry with a backlog in the store:
     /// read it from (session, sequence).
     page_in: Option<Refill>,
-    /// Deliveries of the read being handled, queued together when it is
-    /// handled; boxed on the first message routed (most connections
-    /// publish little or nothing).
+    /// The run of messages on one topic being routed (see `outbox`),
+    /// queued on its sessions by the end of the read at the latest; boxed
+    /// on the first message routed (most connections publish little or
+    /// nothing).
     outbox: Option<Box<Outbox>>,
 }
 
