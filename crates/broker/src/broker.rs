@@ -841,22 +841,22 @@ impl Shared {
             });
         }
         let mut matched = targets.len() + usize::from(first.is_some());
-        let targets = first.into_iter().chain(targets).map(|target| {
-            let mut subscription_ids = target.ids;
-            subscription_ids.sort_unstable();
-            Recipient {
-                session: target.session.0.clone(),
-                qos: target.qos,
-                retain_as_published: target.retain_as_published,
-                subscription_ids,
-            }
+        let targets = first.into_iter().chain(targets).map(|mut target| {
+            target.ids.sort_unstable();
+            target
         });
         if let Some(outbox) = outbox
             && groups.is_empty()
         {
             // The start of a run: later messages on this topic in the same
             // read go where this one goes (see `outbox`).
-            outbox.start(message, targets, matched);
+            let recipients = targets.map(|target| Recipient {
+                session: target.session.0.clone(),
+                qos: target.qos,
+                retain_as_published: target.retain_as_published,
+                subscription_ids: target.ids,
+            });
+            outbox.start(message, recipients, matched);
             return matched;
         }
         // Each share group gives the message to one member, separately from
@@ -882,11 +882,11 @@ impl Shared {
                 message: message.clone(),
                 qos: target.qos.min(message.qos),
                 retain: target.retain_as_published && message.retain,
-                subscription_ids: target.subscription_ids,
+                subscription_ids: target.ids,
                 shared: None,
                 seq: 0,
             };
-            self.count_enqueue(target.session.enqueue(delivery, &self.config, self.store()));
+            self.count_enqueue(target.session.0.enqueue(delivery, &self.config, self.store()));
         }
         matched
     }

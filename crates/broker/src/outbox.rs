@@ -24,7 +24,7 @@ use std::sync::Arc;
 
 use midge_codec::QoS;
 
-use crate::session::{Delivery, Message, Session, Terms};
+use crate::session::{Delivery, Message, Session};
 
 /// Messages a run holds before it is flushed anyway, so one read's burst
 /// reaches the subscribers before the read is done.
@@ -113,7 +113,8 @@ impl Iterator for Copies<'_> {
     fn next(&mut self) -> Option<Delivery> {
         let message = self.messages.next()?;
         let target = self.target;
-        let terms = Terms {
+        Some(Delivery {
+            message: message.clone(),
             // Downgraded to the published QoS [MQTT-3.8.4-6]; RETAIN cleared
             // on normal delivery [MQTT-3.3.1-9] unless the subscription asked
             // for it as published [MQTT-3.3.1-13].
@@ -121,8 +122,8 @@ impl Iterator for Copies<'_> {
             retain: target.retain_as_published && message.retain,
             subscription_ids: target.subscription_ids.clone(),
             shared: None,
-        };
-        Some(terms.of(message.clone()))
+            seq: 0,
+        })
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {

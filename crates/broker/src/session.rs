@@ -62,12 +62,6 @@ impl Message {
         Message { topic, payload, qos, retain, properties, expires_at, stored: std::sync::OnceLock::new() }
     }
 
-    /// Its properties, empty ones if it has none.
-    pub(crate) fn properties(&self) -> &PublishProperties {
-        static NONE: std::sync::LazyLock<PublishProperties> = std::sync::LazyLock::new(PublishProperties::default);
-        self.properties.as_deref().unwrap_or(&NONE)
-    }
-
     pub(crate) fn is_expired(&self, now: Instant) -> bool {
         self.expires_at.is_some_and(|at| at <= now)
     }
@@ -90,24 +84,6 @@ pub(crate) struct Delivery {
     pub(crate) shared: Option<Arc<SharedGroup>>,
     /// Its sequence number in the store, 0 if it is not stored.
     pub(crate) seq: u64,
-}
-
-/// What one session's copy of a message adds to the message: a
-/// [`Delivery`] without the message, while the copies of a read are held in
-/// an outbox with the message kept once.
-#[derive(Debug)]
-pub(crate) struct Terms {
-    pub(crate) qos: QoS,
-    pub(crate) retain: bool,
-    pub(crate) subscription_ids: Vec<u32>,
-    pub(crate) shared: Option<Arc<SharedGroup>>,
-}
-
-impl Terms {
-    pub(crate) fn of(self, message: Arc<Message>) -> Delivery {
-        let Terms { qos, retain, subscription_ids, shared } = self;
-        Delivery { message, qos, retain, subscription_ids, shared, seq: 0 }
-    }
 }
 
 /// Where an outbound QoS 1/2 message stands.
@@ -639,10 +615,9 @@ mod tests {
     fn a_message_without_properties_holds_none() {
         let bare = delivery(1, QoS::AtLeastOnce).message;
         assert!(bare.properties.is_none());
-        assert_eq!(*bare.properties(), PublishProperties::default());
         let properties = PublishProperties { content_type: Some("text/plain".into()), ..Default::default() };
         let message = Message::new(MqttStr::from("t"), Bytes::new(), QoS::AtMostOnce, false, properties.clone());
-        assert_eq!(message.properties(), &properties);
+        assert_eq!(message.properties.as_deref(), Some(&properties));
         // The boxing is the point: a queued message costs half as much.
         assert!(std::mem::size_of::<Message>() < 160, "{}", std::mem::size_of::<Message>());
     }
