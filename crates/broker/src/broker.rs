@@ -783,9 +783,9 @@ impl Shared {
         }
         match outbox {
             None => self.route(message, origin, None),
-            Some(outbox) => match outbox.join(&message) {
-                Some(matched) => matched,
-                None => {
+            Some(outbox) => match outbox.join(message) {
+                Ok(matched) => matched,
+                Err(message) => {
                     self.flush(outbox);
                     self.route(message, origin, Some(outbox))
                 }
@@ -865,27 +865,16 @@ impl Shared {
         for group in groups {
             let Some((member, grant)) = group.pick(self.config.shared_strategy, None) else { continue };
             matched += 1;
+            let o = grant.options;
+            let ids = grant.identifier.into_iter().collect();
             let delivery = Delivery {
-                message: message.clone(),
-                qos: grant.options.qos.min(message.qos),
-                retain: grant.options.retain_as_published && message.retain,
-                subscription_ids: grant.identifier.into_iter().collect(),
                 shared: Some(group.clone()),
-                seq: 0,
+                ..Delivery::routed(message.clone(), o.qos, o.retain_as_published, ids)
             };
             self.count_enqueue(member.0.enqueue(delivery, &self.config, self.store()));
         }
         for target in targets {
-            // RETAIN is cleared on normal delivery [MQTT-3.3.1-9] unless the
-            // subscription asked for it as published [MQTT-3.3.1-13].
-            let delivery = Delivery {
-                message: message.clone(),
-                qos: target.qos.min(message.qos),
-                retain: target.retain_as_published && message.retain,
-                subscription_ids: target.ids,
-                shared: None,
-                seq: 0,
-            };
+            let delivery = Delivery::routed(message.clone(), target.qos, target.retain_as_published, target.ids);
             self.count_enqueue(target.session.0.enqueue(delivery, &self.config, self.store()));
         }
         matched

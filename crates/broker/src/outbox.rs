@@ -60,15 +60,17 @@ impl Outbox {
         self.messages.is_empty()
     }
 
-    /// Adds `message` to the run if it has the run's topic and room; returns
-    /// the sessions matched, as routing it would have.
-    pub(crate) fn join(&mut self, message: &Arc<Message>) -> Option<usize> {
-        let first = self.messages.first()?;
-        if first.topic != message.topic || self.messages.len() >= LIMIT {
-            return None;
+    /// Adds `message` to the run if it has the run's topic and room, and
+    /// returns the sessions matched, as routing it would have; else gives
+    /// it back.
+    pub(crate) fn join(&mut self, message: Arc<Message>) -> Result<usize, Arc<Message>> {
+        match self.messages.first() {
+            Some(first) if first.topic == message.topic && self.messages.len() < LIMIT => {
+                self.messages.push(message);
+                Ok(self.matched)
+            }
+            _ => Err(message),
         }
-        self.messages.push(message.clone());
-        Some(self.matched)
     }
 
     /// Starts a run with `message`, routed to `targets`. The outbox must be
@@ -113,17 +115,7 @@ impl Iterator for Copies<'_> {
     fn next(&mut self) -> Option<Delivery> {
         let message = self.messages.next()?;
         let target = self.target;
-        Some(Delivery {
-            message: message.clone(),
-            // Downgraded to the published QoS [MQTT-3.8.4-6]; RETAIN cleared
-            // on normal delivery [MQTT-3.3.1-9] unless the subscription asked
-            // for it as published [MQTT-3.3.1-13].
-            qos: target.qos.min(message.qos),
-            retain: target.retain_as_published && message.retain,
-            subscription_ids: target.subscription_ids.clone(),
-            shared: None,
-            seq: 0,
-        })
+        Some(Delivery::routed(message.clone(), target.qos, target.retain_as_published, target.subscription_ids.clone()))
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
@@ -166,15 +158,15 @@ mod tests {
     fn a_run_gives_each_target_its_copies_in_order_with_its_terms() {
         let (a, b) = (session("a"), session("b"));
         let mut outbox = Outbox::default();
-        assert_eq!(outbox.join(&message("t", 0, QoS::AtMostOnce, false)), None, "no run to join");
+        assert!(outbox.join(message("t", 0, QoS::AtMostOnce, false)).is_err(), "no run to join");
         let first = message("t", 1, QoS::AtLeastOnce, true);
         outbox.start(
             first.clone(),
             [target(&a, QoS::ExactlyOnce, false, vec![]), target(&b, QoS::AtMostOnce, true, vec![3, 9])].into_iter(),
             2,
         );
-        assert_eq!(outbox.join(&message("t", 2, QoS::ExactlyOnce, false)), Some(2));
-        assert_eq!(outbox.join(&message("u", 3, QoS::AtMostOnce, false)), None, "another topic");
+        assert_eq!(outbox.join(message("t", 2, QoS::ExactlyOnce, false)).ok(), Some(2));
+        assert!(outbox.join(message("u", 3, QoS::AtMostOnce, false)).is_err(), "another topic");
         assert_eq!(Arc::strong_count(&first), 2);
         // [MQTT-4.6.0-6] order; [MQTT-3.8.4-6] QoS; [MQTT-3.3.1-9] and
         // [MQTT-3.3.1-13] RETAIN.
@@ -203,7 +195,7 @@ mod tests {
         let targets = sessions.iter().map(|s| target(s, QoS::AtMostOnce, false, vec![]));
         outbox.start(message("t", 0, QoS::AtMostOnce, false), targets, KEPT + 1);
         for _ in 0..KEPT {
-            outbox.join(&message("t", 0, QoS::AtMostOnce, false));
+            outbox.join(message("t", 0, QoS::AtMostOnce, false)).expect("joins");
         }
         assert_eq!(flushed(&mut outbox).len(), KEPT + 1);
         assert_eq!((outbox.targets.capacity(), outbox.messages.capacity()), (0, 0));
@@ -222,9 +214,9 @@ mod tests {
         let mut outbox = Outbox::default();
         outbox.start(message("t", 0, QoS::AtMostOnce, false), std::iter::empty(), 0);
         for _ in 1..LIMIT {
-            assert_eq!(outbox.join(&message("t", 0, QoS::AtMostOnce, false)), Some(0));
+            assert_eq!(outbox.join(message("t", 0, QoS::AtMostOnce, false)).ok(), Some(0));
         }
-        assert_eq!(outbox.join(&message("t", 0, QoS::AtMostOnce, false)), None);
+        assert!(outbox.join(message("t", 0, QoS::AtMostOnce, false)).is_err());
         assert!(flushed(&mut outbox).is_empty());
         assert!(outbox.is_empty());
     }

@@ -86,6 +86,28 @@ pub(crate) struct Delivery {
     pub(crate) seq: u64,
 }
 
+impl Delivery {
+    /// A subscriber's copy of `message` under its matching subscriptions:
+    /// at the highest QoS they grant, downgraded to the published QoS
+    /// [MQTT-3.8.4-6]; RETAIN cleared on normal delivery [MQTT-3.3.1-9]
+    /// unless a subscription asked for it as published [MQTT-3.3.1-13].
+    pub(crate) fn routed(
+        message: Arc<Message>,
+        granted: QoS,
+        retain_as_published: bool,
+        subscription_ids: Vec<u32>,
+    ) -> Delivery {
+        Delivery {
+            qos: granted.min(message.qos),
+            retain: retain_as_published && message.retain,
+            subscription_ids,
+            shared: None,
+            seq: 0,
+            message,
+        }
+    }
+}
+
 /// Where an outbound QoS 1/2 message stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum InflightState {
