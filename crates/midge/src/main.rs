@@ -5,6 +5,7 @@ mod bench;
 mod certs;
 mod client_cli;
 mod config;
+mod fdtable;
 mod files;
 mod listener;
 mod passwd;
@@ -285,6 +286,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         EnvFilter::try_new(&args.log_level).with_context(|| format!("invalid --log-level {:?}", args.log_level))?;
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi).init();
+    fdtable::presize();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
     runtime.block_on(async move {
         let config = BrokerConfig {

@@ -89,3 +89,25 @@ fn a_bad_flag_value_is_refused_with_exit_status_2() {
     assert_eq!(serve.wait_exit(WAIT).code(), Some(2), "{}", serve.transcript());
     assert!(serve.stderr().contains("--max-inflight"), "{}", serve.transcript());
 }
+
+/// The descriptor table is sized for the file limit before the runtime's
+/// threads start: growing it later, with threads sharing it, makes the
+/// thread inside `accept` wait an RCU grace period per doubling.
+/// /proc/PID/status reports the table's slots as FDSize.
+#[cfg(target_os = "linux")]
+#[test]
+fn the_descriptor_table_is_sized_for_the_file_limit_at_start() {
+    let mut command = Command::new("sh");
+    command.args(["-c", r#"ulimit -Sn 3000 && exec "$0" serve --in-memory --port 0"#, env!("CARGO_BIN_EXE_midge")]);
+    let mut serve = Process::spawn("midge serve under ulimit -Sn 3000", command);
+    serve.wait_for_stderr_line("listening on mqtt://127.0.0.1:", WAIT);
+    let status = std::fs::read_to_string(format!("/proc/{}/status", serve.pid())).unwrap();
+    let slots: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("FDSize:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no FDSize in {status}"));
+    // The kernel rounds the table up to a power of two.
+    assert_eq!(slots, 4096, "{status}");
+    assert!(serve.terminate(WAIT).success(), "{}", serve.transcript());
+}

@@ -46,6 +46,8 @@ pub(crate) fn run(args: BenchArgs) -> anyhow::Result<()> {
     };
     let threads =
         connect.threads.map_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()), |t| t as usize);
+    // The generator opens as many sockets as the broker accepts.
+    crate::fdtable::presize();
     let runtime = if threads <= 1 {
         tokio::runtime::Builder::new_current_thread().enable_all().build()
     } else {
