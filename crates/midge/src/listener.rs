@@ -105,12 +105,32 @@ pub(crate) async fn bind(specs: Vec<ListenerSpec>) -> anyhow::Result<Vec<Bound>>
 /// a second. The kernel caps it at net.core.somaxconn (4096 by default).
 const BACKLOG: u32 = 4096;
 
+/// Seconds the kernel keeps a new connection to itself until its first
+/// bytes arrive (TCP_DEFER_ACCEPT). An MQTT client speaks first (CONNECT,
+/// or a TLS ClientHello), so the broker is woken once per client, with the
+/// CONNECT already readable, instead of once to accept and again to read;
+/// a connection that never speaks costs a request socket in the kernel,
+/// not a task here. After the period (retransmitted SYN-ACKs round it up)
+/// a silent connection is handed over anyway and meets the CONNECT
+/// timeout: this is that timeout, 10 s.
+#[cfg(target_os = "linux")]
+const DEFER_ACCEPT_SECS: u32 = 10;
+
+#[cfg(target_os = "linux")]
+mod defer {
+    use nix::{getsockopt_impl, libc, setsockopt_impl, sockopt_impl};
+    // nix has no Linux TCP_DEFER_ACCEPT; its macro defines the option.
+    sockopt_impl!(TcpDeferAccept, Both, libc::IPPROTO_TCP, libc::TCP_DEFER_ACCEPT, u32);
+}
+
 fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
     let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
     // As TcpListener::bind does: a restarted broker can take its port back
     // while old connections are in TIME_WAIT.
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
+    #[cfg(target_os = "linux")]
+    nix::sys::socket::setsockopt(&socket, defer::TcpDeferAccept, &DEFER_ACCEPT_SECS)?;
     socket.listen(BACKLOG)
 }
 

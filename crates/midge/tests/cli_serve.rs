@@ -111,3 +111,37 @@ fn the_descriptor_table_is_sized_for_the_file_limit_at_start() {
     assert_eq!(slots, 4096, "{status}");
     assert!(serve.terminate(WAIT).success(), "{}", serve.transcript());
 }
+
+/// The next `$SYS/broker/connections/total` routed live (RETAIN 0), skipping
+/// the retained value a new subscription gets first.
+fn next_connections_total(observer: &mut RawClient) -> String {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        assert!(std::time::Instant::now() < deadline, "no live $SYS/broker/connections/total within {WAIT:?}");
+        let publish = observer.expect_publish();
+        if !publish.retain {
+            return String::from_utf8(publish.payload).unwrap();
+        }
+    }
+}
+
+/// TCP_DEFER_ACCEPT: a connection is handed to midge with its first bytes.
+/// One that has said nothing yet is not a connection midge has accepted
+/// (`$SYS/broker/connections/total` counts accepts), and when its CONNECT
+/// does come, late, it is served like any other.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_connection_reaches_the_broker_with_its_first_bytes() {
+    let broker = Broker::start(env!("CARGO_BIN_EXE_midge"), &["--sys-interval", "1"]);
+    // The kernel completes the handshake; the client says nothing yet.
+    let mut late = RawClient::connect(broker.addr()).named("late");
+    let mut observer = RawClient::connected(broker.addr(), "observer");
+    observer.subscribe(1, &[("$SYS/broker/connections/total", 0)]);
+    // The kernel keeps a silent connection for about 15 s (10 s rounded up
+    // to its SYN-ACK retransmissions); the next $SYS tick is within 1 s.
+    assert_eq!(next_connections_total(&mut observer), "1", "only the observer was accepted");
+
+    late.send(&build::Connect::new("late").build());
+    assert_eq!(late.expect_connack().return_code, 0);
+    assert_eq!(next_connections_total(&mut observer), "2");
+}
