@@ -3,7 +3,7 @@
 //! Linux grows a process's descriptor table by doubling it when a new
 //! descriptor does not fit. While more than one thread shares the table,
 //! each growth first waits for an RCU grace period (`expand_fdtable` calls
-//! `synchronize_rcu`): 10–25 ms on the two-core VMs we measure on. The
+//! `synchronize_rcu`): 9–23 ms on the two-core VM we measure on. The
 //! thread that waits is the one opening the descriptor, here a runtime
 //! worker inside `accept`, and it serves nobody meanwhile. Ten thousand
 //! clients reconnecting at once cross seven doublings; traced, those waits

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use midge_broker::{Broker, ListenerPolicy, Origin};
+use midge_broker::{Broker, BrokerConfig, ListenerPolicy, Origin};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
@@ -105,22 +105,11 @@ pub(crate) async fn bind(specs: Vec<ListenerSpec>) -> anyhow::Result<Vec<Bound>>
 /// a second. The kernel caps it at net.core.somaxconn (4096 by default).
 const BACKLOG: u32 = 4096;
 
-/// Seconds the kernel keeps a new connection to itself until its first
-/// bytes arrive (TCP_DEFER_ACCEPT). An MQTT client speaks first (CONNECT,
-/// or a TLS ClientHello), so the broker is woken once per client, with the
-/// CONNECT already readable, instead of once to accept and again to read;
-/// a connection that never speaks costs a request socket in the kernel,
-/// not a task here. After the period (retransmitted SYN-ACKs round it up)
-/// a silent connection is handed over anyway and meets the CONNECT
-/// timeout: this is that timeout, 10 s.
-#[cfg(target_os = "linux")]
-const DEFER_ACCEPT_SECS: u32 = 10;
-
 #[cfg(target_os = "linux")]
 mod defer {
-    use nix::{getsockopt_impl, libc, setsockopt_impl, sockopt_impl};
+    use nix::{libc, setsockopt_impl, sockopt_impl};
     // nix has no Linux TCP_DEFER_ACCEPT; its macro defines the option.
-    sockopt_impl!(TcpDeferAccept, Both, libc::IPPROTO_TCP, libc::TCP_DEFER_ACCEPT, u32);
+    sockopt_impl!(TcpDeferAccept, SetOnly, libc::IPPROTO_TCP, libc::TCP_DEFER_ACCEPT, u32);
 }
 
 fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
@@ -129,8 +118,19 @@ fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
     // while old connections are in TIME_WAIT.
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
+    // The kernel keeps a new connection to itself until its first bytes
+    // arrive (TCP_DEFER_ACCEPT). An MQTT client speaks first (CONNECT, or a
+    // TLS ClientHello), so the broker is woken once per client with the
+    // CONNECT readable, instead of once to accept and again to read it; a
+    // connection that never speaks costs a request socket in the kernel,
+    // not a task here. For as long as the CONNECT timeout (retransmitted
+    // SYN-ACKs round it up), after which a silent one is handed over anyway
+    // and meets that timeout.
     #[cfg(target_os = "linux")]
-    nix::sys::socket::setsockopt(&socket, defer::TcpDeferAccept, &DEFER_ACCEPT_SECS)?;
+    {
+        let secs = u32::try_from(BrokerConfig::default().connect_timeout.as_secs()).unwrap_or(u32::MAX);
+        nix::sys::socket::setsockopt(&socket, defer::TcpDeferAccept, &secs)?;
+    }
     socket.listen(BACKLOG)
 }
 
