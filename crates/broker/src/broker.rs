@@ -173,6 +173,42 @@ impl std::fmt::Debug for Hooks {
     }
 }
 
+/// Failed accepts on one listener. At the open-file limit every retry
+/// fails until a descriptor frees up: the failure is logged once per
+/// [`AcceptFailures::QUIET`] with how many there were, not twenty times a
+/// second, and the recovery is logged too.
+#[derive(Debug, Default)]
+pub struct AcceptFailures {
+    /// Failures since the last accept that worked.
+    count: u64,
+    logged_at: Option<Instant>,
+}
+
+impl AcceptFailures {
+    /// How long a failure is not logged again.
+    pub const QUIET: Duration = Duration::from_secs(10);
+
+    /// Notes a failed accept, logs it if nothing was logged for
+    /// [`Self::QUIET`], and waits 50 ms: EMFILE and friends fail at once,
+    /// so trying again at once would spin.
+    pub async fn failed(&mut self, error: &std::io::Error) {
+        self.count += 1;
+        if self.logged_at.is_none_or(|at| at.elapsed() >= Self::QUIET) {
+            tracing::warn!(error = %error, failures = self.count, "accept failed; trying again every 50 ms");
+            self.logged_at = Some(Instant::now());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    /// Notes an accept that worked, after failures if there were some.
+    pub fn succeeded(&mut self) {
+        if self.count > 0 {
+            tracing::info!(failures = self.count, "accepting connections again");
+            *self = AcceptFailures::default();
+        }
+    }
+}
+
 /// A running broker. Cheap to clone; all clones drive the same broker.
 #[derive(Debug, Clone)]
 pub struct Broker {
@@ -233,6 +269,7 @@ impl Broker {
     /// Accepts MQTT connections on `listener` under `policy` until
     /// [`Broker::shutdown`].
     pub async fn serve_tcp_with(&self, listener: TcpListener, policy: Arc<ListenerPolicy>) {
+        let mut failures = AcceptFailures::default();
         loop {
             let accepted = tokio::select! {
                 _ = self.shared.shutdown.cancelled() => return,
@@ -240,17 +277,14 @@ impl Broker {
             };
             match accepted {
                 Ok((stream, peer)) => {
+                    failures.succeeded();
                     // Small packets matter more than segment efficiency; we
                     // batch writes ourselves.
                     let _ = stream.set_nodelay(true);
                     let origin = Origin { peer, certificate_identity: None, policy: policy.clone() };
                     self.serve_connection_from(stream, origin);
                 }
-                Err(e) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
+                Err(e) => failures.failed(&e).await,
             }
         }
     }

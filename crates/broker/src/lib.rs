@@ -41,7 +41,7 @@ pub mod store;
 mod sys;
 mod throttle;
 
-pub use broker::{Broker, Hooks, ListenerPolicy, Origin, Recovery};
+pub use broker::{AcceptFailures, Broker, Hooks, ListenerPolicy, Origin, Recovery};
 pub use config::BrokerConfig;
 pub use metrics::Metrics;
 pub use shared::SharedStrategy;

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use midge_broker::{Broker, BrokerConfig, ListenerPolicy, Origin};
+use midge_broker::{AcceptFailures, Broker, BrokerConfig, ListenerPolicy, Origin};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
@@ -181,15 +181,16 @@ pub(crate) async fn serve(broker: Broker, bound: Bound) {
         broker.serve_tcp_with(bound.listener, policy).await;
         return;
     };
+    let mut failures = AcceptFailures::default();
     loop {
         let (stream, peer) = match bound.listener.accept().await {
             Ok(accepted) => accepted,
             Err(e) => {
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                failures.failed(&e).await;
                 continue;
             }
         };
+        failures.succeeded();
         if broker.is_shutting_down() {
             return;
         }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use std::net::SocketAddr;
 
-use midge_test_support::{Broker, Process, RawClient, build};
+use midge_test_support::{Broker, Process, RawClient, RecvError, build};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -144,4 +144,43 @@ fn a_connection_reaches_the_broker_with_its_first_bytes() {
     late.send(&build::Connect::new("late").build());
     assert_eq!(late.expect_connack().return_code, 0);
     assert_eq!(next_connections_total(&mut observer), "2");
+}
+
+/// At the open-file limit a listener cannot accept: clients beyond it wait
+/// in the kernel's queue. midge says so once, not at each retry (every
+/// 50 ms), keeps serving the clients it has, and takes a waiting one as
+/// soon as a descriptor frees up.
+#[cfg(target_os = "linux")]
+#[test]
+fn at_the_open_file_limit_a_waiting_client_is_served_once_a_descriptor_frees_up() {
+    let mut command = Command::new("sh");
+    command.args(["-c", r#"ulimit -Sn 24 && exec "$0" serve --in-memory --port 0"#, env!("CARGO_BIN_EXE_midge")]);
+    let mut serve = Process::spawn("midge serve under ulimit -Sn 24", command);
+    let line = serve.wait_for_stderr_line("listening on mqtt://127.0.0.1:", WAIT);
+    let addr = SocketAddr::from(([127, 0, 0, 1], listening_port(&line)));
+    let mut served = Vec::new();
+    let mut waiting = loop {
+        assert!(served.len() < 24, "all {} clients served under a limit of 24 descriptors", served.len());
+        let mut client = RawClient::connect(addr).named(&format!("client {}", served.len()));
+        client.send(&build::Connect::new(format!("c{}", served.len())).build());
+        match client.recv_packet(Duration::from_secs(3)) {
+            Ok(packet) => {
+                assert_eq!(packet.packet_type(), 2, "CONNACK expected: {packet:?}");
+                served.push(client);
+            }
+            Err(RecvError::TimedOut) => break client,
+            Err(e) => panic!("{e:?}; {}", serve.transcript()),
+        }
+    };
+    assert!(!served.is_empty(), "{}", serve.transcript());
+    serve.wait_for_stderr_line("accept failed", WAIT);
+    served[0].ping();
+    // Ten retries later, still one line.
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(serve.stderr().matches("accept failed").count(), 1, "{}", serve.transcript());
+
+    served.pop().unwrap().disconnect();
+    assert_eq!(waiting.expect_connack().return_code, 0);
+    serve.wait_for_stderr_line("accepting connections again", WAIT);
+    assert!(serve.terminate(WAIT).success(), "{}", serve.transcript());
 }
