@@ -143,7 +143,15 @@ fn a_connection_reaches_the_broker_with_its_first_bytes() {
 
     late.send(&build::Connect::new("late").build());
     assert_eq!(late.expect_connack().return_code, 0);
-    assert_eq!(next_connections_total(&mut observer), "2");
+    // A tick taken just before the late accept may still say 1.
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        match next_connections_total(&mut observer).as_str() {
+            "2" => break,
+            "1" => assert!(std::time::Instant::now() < deadline, "the late client was never counted"),
+            other => panic!("connections/total {other}: only the observer and the late client connected"),
+        }
+    }
 }
 
 /// At the open-file limit a listener cannot accept: clients beyond it wait
@@ -163,7 +171,7 @@ fn at_the_open_file_limit_a_waiting_client_is_served_once_a_descriptor_frees_up(
         assert!(served.len() < 24, "all {} clients served under a limit of 24 descriptors", served.len());
         let mut client = RawClient::connect(addr).named(&format!("client {}", served.len()));
         client.send(&build::Connect::new(format!("c{}", served.len())).build());
-        match client.recv_packet(Duration::from_secs(3)) {
+        match client.recv_packet(Duration::from_secs(2)) {
             Ok(packet) => {
                 assert_eq!(packet.packet_type(), 2, "CONNACK expected: {packet:?}");
                 served.push(client);
