@@ -90,6 +90,19 @@ fn a_bad_flag_value_is_refused_with_exit_status_2() {
     assert!(serve.stderr().contains("--max-inflight"), "{}", serve.transcript());
 }
 
+/// `midge serve` with a soft open-file limit of `limit`, once it listens;
+/// with the address of its IPv4 listener.
+#[cfg(target_os = "linux")]
+fn serve_under_file_limit(limit: u32) -> (Process, SocketAddr) {
+    let script = format!(r#"ulimit -Sn {limit} && exec "$0" serve --in-memory --port 0"#);
+    let mut command = Command::new("sh");
+    command.args(["-c", &script, env!("CARGO_BIN_EXE_midge")]);
+    let serve = Process::spawn(&format!("midge serve under ulimit -Sn {limit}"), command);
+    let line = serve.wait_for_stderr_line("listening on mqtt://127.0.0.1:", WAIT);
+    let addr = SocketAddr::from(([127, 0, 0, 1], listening_port(&line)));
+    (serve, addr)
+}
+
 /// The descriptor table is sized for the file limit before the runtime's
 /// threads start: growing it later, with threads sharing it, makes the
 /// thread inside `accept` wait an RCU grace period per doubling.
@@ -97,10 +110,7 @@ fn a_bad_flag_value_is_refused_with_exit_status_2() {
 #[cfg(target_os = "linux")]
 #[test]
 fn the_descriptor_table_is_sized_for_the_file_limit_at_start() {
-    let mut command = Command::new("sh");
-    command.args(["-c", r#"ulimit -Sn 3000 && exec "$0" serve --in-memory --port 0"#, env!("CARGO_BIN_EXE_midge")]);
-    let mut serve = Process::spawn("midge serve under ulimit -Sn 3000", command);
-    serve.wait_for_stderr_line("listening on mqtt://127.0.0.1:", WAIT);
+    let (mut serve, _) = serve_under_file_limit(3000);
     let status = std::fs::read_to_string(format!("/proc/{}/status", serve.pid())).unwrap();
     let slots: u64 = status
         .lines()
@@ -161,11 +171,7 @@ fn a_connection_reaches_the_broker_with_its_first_bytes() {
 #[cfg(target_os = "linux")]
 #[test]
 fn at_the_open_file_limit_a_waiting_client_is_served_once_a_descriptor_frees_up() {
-    let mut command = Command::new("sh");
-    command.args(["-c", r#"ulimit -Sn 24 && exec "$0" serve --in-memory --port 0"#, env!("CARGO_BIN_EXE_midge")]);
-    let mut serve = Process::spawn("midge serve under ulimit -Sn 24", command);
-    let line = serve.wait_for_stderr_line("listening on mqtt://127.0.0.1:", WAIT);
-    let addr = SocketAddr::from(([127, 0, 0, 1], listening_port(&line)));
+    let (mut serve, addr) = serve_under_file_limit(24);
     let mut served = Vec::new();
     let mut waiting = loop {
         assert!(served.len() < 24, "all {} clients served under a limit of 24 descriptors", served.len());
