@@ -19,7 +19,7 @@ use tokio_util::task::TaskTracker;
 use crate::auth::{AllowAll, Authenticator, Authorizer};
 use crate::config::BrokerConfig;
 use crate::metrics::Metrics;
-use crate::outbox::{Outbox, Recipient};
+use crate::outbox::{Batch, Outbox, Recipient};
 use crate::persist;
 use crate::router::{Grant, TopicIndex};
 use crate::session::{Delivery, Discarded, Enqueued, Kick, Message, Session, SessionState, Signal};
@@ -786,8 +786,13 @@ impl Shared {
 
     /// Queues what `outbox` holds on its target sessions.
     pub(crate) fn flush(&self, outbox: &mut Outbox) {
-        outbox.flush(|session, deliveries| {
-            session.enqueue_all(deliveries, &self.config, self.store(), |outcome| self.count_enqueue(outcome));
+        outbox.flush(|session, batch| match batch {
+            Batch::Each(deliveries) => {
+                session.enqueue_all(deliveries, &self.config, self.store(), |outcome| self.count_enqueue(outcome));
+            }
+            Batch::Run(run) => {
+                session.enqueue_run(run, &self.config, self.store(), |outcome| self.count_enqueue(outcome))
+            }
         });
     }
 

@@ -34,7 +34,7 @@ use crate::metrics::Metrics;
 use crate::outbox::Outbox;
 use crate::persist;
 use crate::router::Grant;
-use crate::session::{Delivery, InflightState, Kick, Message, Refill, Session, Signal};
+use crate::session::{Delivery, InflightState, Kick, Message, Refill, Sendable, Session, Signal};
 use crate::store::{StoreError, Table};
 use crate::throttle::{Admission, Ticket};
 
@@ -644,7 +644,7 @@ struct Conn {
     /// Bytes owed to the client, written once per loop turn.
     wbuf: BytesMut,
     /// Reused buffer for deliveries taken from the session queue.
-    sendable: Vec<(Delivery, Option<PacketId>)>,
+    sendable: Vec<Sendable>,
     /// Outbound QoS 1/2 window: ours, lowered to the client's v5 Receive
     /// Maximum [MQTT-3.3.4-9].
     window: usize,
@@ -1404,35 +1404,70 @@ impl Conn {
         }
         let mut sent = 0;
         let mut sendable = std::mem::take(&mut self.sendable);
-        for (delivery, packet_id) in sendable.drain(..) {
-            // A subscriber never receives a topic it may not read, whatever
-            // its filter matched (a `#` subscription included).
-            if !self.shared.hooks.authorizer.authorize_read(&self.client, &delivery.message.topic) {
-                self.discard(packet_id, &self.shared.metrics.delivery_denied);
-                continue;
-            }
-            let mut view = delivery_view(&delivery, packet_id, false, now);
-            if self.version.is_v5() {
-                let new_alias = self.apply_outbound_alias(&mut view, &delivery.message.topic);
-                if let Some(max) = self.client_max_packet
-                    && publish_view_encoded_len(&view, self.version) > max as usize
-                {
-                    self.discard(packet_id, &self.shared.metrics.dropped_too_large);
-                    continue;
+        for item in sendable.drain(..) {
+            match item {
+                Sendable::One(d, packet_id) => {
+                    sent +=
+                        u64::from(self.write_copy(&d.message, d.qos, d.retain, &d.subscription_ids, packet_id, now));
                 }
-                // The client learns an alias only from a packet it receives.
-                if let Some(alias) = new_alias {
-                    self.aliases.get_or_insert_default().outbound.insert(delivery.message.topic.clone(), alias);
+                Sendable::Run(run) => {
+                    for message in run.messages() {
+                        if message.is_expired(now) {
+                            continue;
+                        }
+                        let retain = run.retain(message);
+                        sent += u64::from(self.write_copy(
+                            message,
+                            QoS::AtMostOnce,
+                            retain,
+                            &run.subscription_ids,
+                            None,
+                            now,
+                        ));
+                    }
                 }
             }
-            let _ = encode_publish_view(&view, self.version, &mut self.wbuf);
-            sent += 1;
         }
         self.sendable = sendable;
         if sent > 0 {
             Metrics::add(&self.shared.metrics.publish_sent, sent);
             Metrics::add(&self.shared.metrics.packets_sent, sent);
         }
+    }
+
+    /// Writes one copy of `message` to `wbuf`, unless the client may not
+    /// have it; returns whether it did.
+    fn write_copy(
+        &mut self,
+        message: &Message,
+        qos: QoS,
+        retain: bool,
+        subscription_ids: &[u32],
+        packet_id: Option<PacketId>,
+        now: std::time::Instant,
+    ) -> bool {
+        // A subscriber never receives a topic it may not read, whatever
+        // its filter matched (a `#` subscription included).
+        if !self.shared.hooks.authorizer.authorize_read(&self.client, &message.topic) {
+            self.discard(packet_id, &self.shared.metrics.delivery_denied);
+            return false;
+        }
+        let mut view = publish_view(message, qos, retain, subscription_ids, packet_id, false, now);
+        if self.version.is_v5() {
+            let new_alias = self.apply_outbound_alias(&mut view, &message.topic);
+            if let Some(max) = self.client_max_packet
+                && publish_view_encoded_len(&view, self.version) > max as usize
+            {
+                self.discard(packet_id, &self.shared.metrics.dropped_too_large);
+                return false;
+            }
+            // The client learns an alias only from a packet it receives.
+            if let Some(alias) = new_alias {
+                self.aliases.get_or_insert_default().outbound.insert(message.topic.clone(), alias);
+            }
+        }
+        let _ = encode_publish_view(&view, self.version, &mut self.wbuf);
+        true
     }
 
     /// Uses a topic alias towards a v5 client that accepts them: a topic
@@ -1577,7 +1612,18 @@ fn delivery_view(
     dup: bool,
     now: std::time::Instant,
 ) -> PublishView<'_> {
-    let message = &delivery.message;
+    publish_view(&delivery.message, delivery.qos, delivery.retain, &delivery.subscription_ids, packet_id, dup, now)
+}
+
+fn publish_view<'a>(
+    message: &'a Message,
+    qos: QoS,
+    retain: bool,
+    subscription_identifiers: &'a [u32],
+    packet_id: Option<PacketId>,
+    dup: bool,
+    now: std::time::Instant,
+) -> PublishView<'a> {
     let message_expiry_interval = message.expires_at.map(|expires_at| {
         let left = expires_at.saturating_duration_since(now);
         // Rounded up, so a message with time left never reads as expired.
@@ -1586,12 +1632,12 @@ fn delivery_view(
     });
     PublishView {
         dup,
-        qos: delivery.qos,
-        retain: delivery.retain,
+        qos,
+        retain,
         packet_id,
         properties: message.properties.as_deref(),
         message_expiry_interval,
-        subscription_identifiers: &delivery.subscription_ids,
+        subscription_identifiers,
         ..PublishView::new(&message.topic, &message.payload)
     }
 }

@@ -24,7 +24,7 @@ use std::sync::Arc;
 
 use midge_codec::QoS;
 
-use crate::session::{Delivery, Message, Session};
+use crate::session::{Delivery, Message, RunCopies, Session};
 
 /// Messages a run holds before it is flushed anyway, so one read's burst
 /// reaches the subscribers before the read is done.
@@ -86,10 +86,24 @@ impl Outbox {
     }
 
     /// Empties the outbox: `deliver` gets each target session with its copies
-    /// of the run's messages, in order.
-    pub(crate) fn flush(&mut self, mut deliver: impl FnMut(&Arc<Session>, Copies<'_>)) {
+    /// of the run's messages, in order. A run of several messages to
+    /// several sessions is shared: each session that takes them at QoS 0
+    /// gets one reference to the whole run instead of one per message.
+    pub(crate) fn flush(&mut self, mut deliver: impl FnMut(&Arc<Session>, Batch<'_>)) {
+        let run: Option<Arc<[Arc<Message>]>> =
+            (self.messages.len() > 1 && self.targets.len() > 1).then(|| self.messages.drain(..).collect());
+        let messages = run.as_deref().unwrap_or(&self.messages);
         for target in self.targets.drain(..) {
-            deliver(&target.session, Copies { target: &target, messages: self.messages.iter() });
+            let batch = match &run {
+                Some(run) if target.qos == QoS::AtMostOnce => Batch::Run(RunCopies {
+                    messages: run.clone(),
+                    range: 0..run.len(),
+                    retain_as_published: target.retain_as_published,
+                    subscription_ids: target.subscription_ids,
+                }),
+                _ => Batch::Each(Copies { target: &target, messages: messages.iter() }),
+            };
+            deliver(&target.session, batch);
         }
         self.messages.clear();
         // Every connection that publishes keeps an outbox: what one run to
@@ -101,6 +115,14 @@ impl Outbox {
             self.messages = Vec::new();
         }
     }
+}
+
+/// One session's share of a run.
+pub(crate) enum Batch<'a> {
+    /// A delivery per message.
+    Each(Copies<'a>),
+    /// QoS 0 copies of all of them, as one queue entry.
+    Run(RunCopies),
 }
 
 /// One session's copies of the run's messages.
@@ -146,12 +168,27 @@ mod tests {
     type Flushed = Vec<(String, Vec<(u8, QoS, bool, Vec<u32>)>)>;
 
     fn flushed(outbox: &mut Outbox) -> Flushed {
-        let mut out = Vec::new();
-        outbox.flush(|session, copies| {
-            let got = copies.map(|d| (d.message.payload[0], d.qos, d.retain, d.subscription_ids)).collect();
+        flushed_with_runs(outbox).0
+    }
+
+    /// What [`flushed`] gives, and the sessions that got theirs as one run.
+    fn flushed_with_runs(outbox: &mut Outbox) -> (Flushed, Vec<String>) {
+        let (mut out, mut runs) = (Vec::new(), Vec::new());
+        outbox.flush(|session, batch| {
+            let got = match batch {
+                Batch::Each(copies) => {
+                    copies.map(|d| (d.message.payload[0], d.qos, d.retain, d.subscription_ids)).collect()
+                }
+                Batch::Run(run) => {
+                    runs.push(session.client_id.to_string());
+                    let copy =
+                        |m: &Arc<Message>| (m.payload[0], QoS::AtMostOnce, run.retain(m), run.subscription_ids.clone());
+                    run.messages().iter().map(copy).collect()
+                }
+            };
             out.push((session.client_id.to_string(), got));
         });
-        out
+        (out, runs)
     }
 
     #[test]
@@ -170,13 +207,15 @@ mod tests {
         assert_eq!(Arc::strong_count(&first), 2);
         // [MQTT-4.6.0-6] order; [MQTT-3.8.4-6] QoS; [MQTT-3.3.1-9] and
         // [MQTT-3.3.1-13] RETAIN.
+        let (got, runs) = flushed_with_runs(&mut outbox);
         assert_eq!(
-            flushed(&mut outbox),
+            got,
             [
                 ("a".into(), vec![(1, QoS::AtLeastOnce, false, vec![]), (2, QoS::ExactlyOnce, false, vec![])]),
                 ("b".into(), vec![(1, QoS::AtMostOnce, true, vec![3, 9]), (2, QoS::AtMostOnce, false, vec![3, 9])]),
             ]
         );
+        assert_eq!(runs, ["b"], "QoS 0 copies of several messages to several sessions go as one run");
         assert!(outbox.is_empty());
         assert_eq!(Arc::strong_count(&first), 1, "the outbox keeps nothing once flushed");
         // A new run after a flush knows nothing of the last one's targets.
@@ -186,6 +225,33 @@ mod tests {
             1,
         );
         assert_eq!(flushed(&mut outbox), [("b".into(), vec![(4, QoS::AtMostOnce, false, vec![])])]);
+    }
+
+    #[test]
+    fn a_run_is_shared_only_when_several_messages_go_to_several_sessions() {
+        let (a, b) = (session("a"), session("b"));
+        let qos0 = |s: &Arc<Session>| target(s, QoS::AtMostOnce, false, vec![]);
+        let mut outbox = Outbox::default();
+        // One message to two sessions: a reference per copy costs the same.
+        outbox.start(message("t", 1, QoS::AtMostOnce, false), [qos0(&a), qos0(&b)].into_iter(), 2);
+        assert!(flushed_with_runs(&mut outbox).1.is_empty());
+        // Two messages to one session: nobody to share the run with.
+        outbox.start(message("t", 1, QoS::AtMostOnce, false), [qos0(&a)].into_iter(), 1);
+        outbox.join(message("t", 2, QoS::AtMostOnce, false)).expect("joins");
+        assert!(flushed_with_runs(&mut outbox).1.is_empty());
+        // Two to two.
+        let first = message("t", 1, QoS::AtMostOnce, false);
+        outbox.start(first.clone(), [qos0(&a), qos0(&b)].into_iter(), 2);
+        outbox.join(message("t", 2, QoS::AtMostOnce, false)).expect("joins");
+        let mut held = Vec::new();
+        outbox.flush(|_, batch| {
+            if let Batch::Run(run) = batch {
+                held.push(run);
+            }
+        });
+        assert_eq!(held.len(), 2);
+        assert_eq!(Arc::strong_count(&first), 2, "the run holds each message once, however many sessions get it");
+        assert!(outbox.is_empty());
     }
 
     #[test]

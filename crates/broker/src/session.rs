@@ -108,6 +108,132 @@ impl Delivery {
     }
 }
 
+/// A session's QoS 0 copies of a run of messages (see `outbox`), held as
+/// one reference to the run: with many subscribers, a reference per copy
+/// made every copy touch its message's count, from whichever worker
+/// served the subscriber, and the count's cache line moved between the
+/// CPUs on every copy (docs/PERFORMANCE.md, "Two cores: one reference per
+/// run").
+#[derive(Debug)]
+pub(crate) struct RunCopies {
+    /// The run's messages, all on one topic, in the order published.
+    pub(crate) messages: Arc<[Arc<Message>]>,
+    /// The ones this session gets: all, unless its queue had room for only
+    /// the first few.
+    pub(crate) range: std::ops::Range<usize>,
+    pub(crate) retain_as_published: bool,
+    /// v5 Subscription Identifiers of its matching subscriptions, sorted.
+    pub(crate) subscription_ids: Vec<u32>,
+}
+
+impl RunCopies {
+    pub(crate) fn len(&self) -> usize {
+        self.range.len()
+    }
+
+    pub(crate) fn messages(&self) -> &[Arc<Message>] {
+        &self.messages[self.range.clone()]
+    }
+
+    /// RETAIN on the wire, as for [`Delivery::routed`].
+    pub(crate) fn retain(&self, message: &Message) -> bool {
+        self.retain_as_published && message.retain
+    }
+
+    /// The copies one by one, as a session that must store them needs them.
+    fn into_deliveries(self) -> impl Iterator<Item = Delivery> {
+        let RunCopies { messages, range, retain_as_published, subscription_ids } = self;
+        range.map(move |i| {
+            Delivery::routed(messages[i].clone(), QoS::AtMostOnce, retain_as_published, subscription_ids.clone())
+        })
+    }
+}
+
+/// A session's queue entry: one delivery, or QoS 0 copies of a run.
+#[derive(Debug)]
+pub(crate) enum Queued {
+    One(Delivery),
+    Run(RunCopies),
+}
+
+/// What a connection takes from the queue to send.
+#[derive(Debug)]
+pub(crate) enum Sendable {
+    /// With its packet id if QoS 1/2.
+    One(Delivery, Option<PacketId>),
+    Run(RunCopies),
+}
+
+/// Messages not yet sent, in order, counted one by one whether they wait
+/// alone or in a run.
+#[derive(Debug, Default)]
+pub(crate) struct Queue {
+    entries: VecDeque<Queued>,
+    /// Messages in `entries`.
+    len: usize,
+}
+
+impl Queue {
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub(crate) fn push_back(&mut self, delivery: Delivery) {
+        self.len += 1;
+        self.entries.push_back(Queued::One(delivery));
+    }
+
+    pub(crate) fn push_front(&mut self, delivery: Delivery) {
+        self.len += 1;
+        self.entries.push_front(Queued::One(delivery));
+    }
+
+    fn push_run(&mut self, run: RunCopies) {
+        self.len += run.len();
+        self.entries.push_back(Queued::Run(run));
+    }
+
+    fn front(&self) -> Option<&Queued> {
+        self.entries.front()
+    }
+
+    fn pop_front(&mut self) -> Option<Queued> {
+        let entry = self.entries.pop_front()?;
+        self.len -= match &entry {
+            Queued::One(_) => 1,
+            Queued::Run(run) => run.len(),
+        };
+        Some(entry)
+    }
+
+    pub(crate) fn clear(&mut self) {
+        self.entries.clear();
+        self.len = 0;
+    }
+
+    /// Takes out the share-group deliveries; runs never hold any.
+    fn take_shared(&mut self) -> Vec<Delivery> {
+        let is_shared = |entry: &Queued| matches!(entry, Queued::One(d) if d.shared.is_some());
+        if !self.entries.iter().any(is_shared) {
+            return Vec::new();
+        }
+        let (shared, own): (VecDeque<Queued>, VecDeque<Queued>) = self.entries.drain(..).partition(is_shared);
+        self.entries = own;
+        self.len -= shared.len();
+        shared
+            .into_iter()
+            .filter_map(|entry| match entry {
+                Queued::One(d) => Some(d),
+                Queued::Run(_) => None,
+            })
+            .collect()
+    }
+}
+
 /// Where an outbound QoS 1/2 message stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum InflightState {
@@ -235,7 +361,7 @@ pub(crate) struct SessionState {
     /// Messages not yet sent: waiting for a connection or a free in-flight
     /// slot. For a stored session at most `max_queued_in_memory` of them;
     /// the rest wait in the store.
-    pub(crate) queue: VecDeque<Delivery>,
+    pub(crate) queue: Queue,
     /// Where the backlog held only in the store starts: it is every
     /// sequence number from here to `next_seq` (they are given out one by
     /// one while it exists, and only read ones are deleted), after
@@ -329,7 +455,7 @@ impl Session {
                 protocol,
                 discarded: false,
                 subscriptions: HashMap::new(),
-                queue: VecDeque::new(),
+                queue: Queue::default(),
                 spill_from: None,
                 inflight: VecDeque::new(),
                 next_packet_id: 0,
@@ -414,6 +540,48 @@ impl Session {
             signal.wake();
         }
     }
+
+    /// Queues QoS 0 copies of a run as one entry, with what
+    /// [`Session::enqueue_all`] would do with each copy: dropped for an
+    /// absent client, and past `max_queued_messages`. Behind a backlog in
+    /// the store each copy is stored to keep its place, so they go one by
+    /// one there.
+    pub(crate) fn enqueue_run(
+        &self,
+        mut run: RunCopies,
+        config: &BrokerConfig,
+        store: Option<&dyn Store>,
+        mut outcome: impl FnMut(Enqueued),
+    ) {
+        let mut state = self.state.lock();
+        let dropped = |outcome: &mut dyn FnMut(Enqueued), why, n| (0..n).for_each(|_| outcome(why));
+        if state.discarded {
+            return dropped(&mut outcome, Enqueued::DroppedDiscarded, run.len());
+        }
+        if state.owner.is_none() {
+            return dropped(&mut outcome, Enqueued::DroppedQoS0Offline, run.len());
+        }
+        if store.is_some() && state.stored && state.spill_from.is_some() {
+            drop(state);
+            return self.enqueue_all(run.into_deliveries(), config, store, outcome);
+        }
+        let queued = state.queue.len() as u64 + state.spilled();
+        let room = usize::try_from((config.max_queued_messages as u64).saturating_sub(queued)).unwrap_or(usize::MAX);
+        let taken = run.len().min(room);
+        dropped(&mut outcome, Enqueued::DroppedQueueFull, run.len() - taken);
+        if taken == 0 {
+            return;
+        }
+        run.range.end = run.range.start + taken;
+        let wake = state.queue.is_empty();
+        state.queue.push_run(run);
+        dropped(&mut outcome, Enqueued::Queued, taken);
+        let signal = if wake { state.owner.as_ref().map(|o| o.signal.clone()) } else { None };
+        drop(state);
+        if let Some(signal) = signal {
+            signal.wake();
+        }
+    }
 }
 
 impl SessionState {
@@ -479,13 +647,7 @@ impl SessionState {
     /// (see `Shared::reroute_shared`). A backlog still in the store stays
     /// with this member.
     pub(crate) fn take_shared(&mut self) -> Vec<Delivery> {
-        let mut taken = Vec::new();
-        if self.queue.iter().any(|d| d.shared.is_some()) {
-            let (shared, own): (VecDeque<Delivery>, VecDeque<Delivery>) =
-                self.queue.drain(..).partition(|d| d.shared.is_some());
-            self.queue = own;
-            taken.extend(shared);
-        }
+        let mut taken = self.queue.take_shared();
         if self.inflight.iter().any(|f| f.delivery.shared.is_some() && f.delivery.qos == QoS::AtLeastOnce) {
             let (shared, own): (VecDeque<Inflight>, VecDeque<Inflight>) = self
                 .inflight
@@ -521,11 +683,21 @@ impl SessionState {
         &mut self,
         window: usize,
         now: Instant,
-        out: &mut Vec<(Delivery, Option<PacketId>)>,
+        out: &mut Vec<Sendable>,
         store: Option<&dyn Store>,
     ) -> bool {
         let mut qos2_stored = false;
         while let Some(front) = self.queue.front() {
+            let front = match front {
+                Queued::One(delivery) => delivery,
+                // QoS 0 and never stored: all sent now, the expired ones
+                // left out as they are written.
+                Queued::Run(_) => {
+                    let Some(Queued::Run(run)) = self.queue.pop_front() else { unreachable!("front is a run") };
+                    out.push(Sendable::Run(run));
+                    continue;
+                }
+            };
             if front.message.is_expired(now) {
                 self.forget(store, front.seq);
                 self.queue.pop_front();
@@ -534,21 +706,21 @@ impl SessionState {
             if front.qos == QoS::AtMostOnce {
                 // Stored only to keep its place behind a backlog; sent now.
                 self.forget(store, front.seq);
-                let d = self.queue.pop_front().expect("front exists");
-                out.push((d, None));
+                let Some(Queued::One(d)) = self.queue.pop_front() else { unreachable!("front is one") };
+                out.push(Sendable::One(d, None));
                 continue;
             }
             if self.inflight.len() >= window {
                 break;
             }
-            let d = self.queue.pop_front().expect("front exists");
+            let Some(Queued::One(d)) = self.queue.pop_front() else { unreachable!("front is one") };
             let id = self.next_packet_id();
             if let (Some(store), seq @ 1..) = (store, d.seq) {
                 persist::put_inflight(store, self.sid, seq, id, InflightState::ExpectAck);
                 qos2_stored |= d.qos == QoS::ExactlyOnce;
             }
             self.inflight.push_back(Inflight { packet_id: id, delivery: d.clone(), state: InflightState::ExpectAck });
-            out.push((d, Some(id)));
+            out.push(Sendable::One(d, Some(id)));
         }
         qos2_stored
     }
@@ -633,6 +805,99 @@ mod tests {
         Delivery { message: Arc::new(message), qos, retain: false, subscription_ids: Vec::new(), shared: None, seq: 0 }
     }
 
+    fn run_of(numbers: std::ops::Range<u32>) -> RunCopies {
+        let messages: Arc<[Arc<Message>]> = numbers.map(|n| delivery(n, QoS::AtMostOnce).message).collect();
+        RunCopies { range: 0..messages.len(), messages, retain_as_published: false, subscription_ids: Vec::new() }
+    }
+
+    fn online(session: &Session) {
+        session.state.lock().attach(1, Arc::new(Signal::default()), Kick::TakenOver { publish_will: false });
+    }
+
+    /// Payload numbers of everything sendable now, in order, runs opened.
+    fn sendable_numbers(session: &Session, store: Option<&dyn Store>) -> Vec<u32> {
+        let mut out = Vec::new();
+        session.state.lock().take_sendable(100, Instant::now(), &mut out, store);
+        let mut numbers = Vec::new();
+        for item in out {
+            match item {
+                Sendable::One(d, _) => numbers.push(number(&d)),
+                Sendable::Run(run) => {
+                    numbers.extend(run.messages().iter().map(|m| u32::from_be_bytes(m.payload[..].try_into().unwrap())))
+                }
+            }
+        }
+        numbers
+    }
+
+    fn outcomes(session: &Session, run: RunCopies, config: &BrokerConfig, store: Option<&dyn Store>) -> Vec<Enqueued> {
+        let mut got = Vec::new();
+        session.enqueue_run(run, config, store, |outcome| got.push(outcome));
+        got
+    }
+
+    #[test]
+    fn a_run_counts_each_of_its_messages_against_the_queue_limit_and_keeps_its_place() {
+        let config = BrokerConfig { max_queued_messages: 5, ..BrokerConfig::default() };
+        let session = Session::new("c".into(), 1, 0, ProtocolVersion::V3_1_1);
+        online(&session);
+        assert_eq!(session.enqueue(delivery(0, QoS::AtLeastOnce), &config, None), Enqueued::Queued);
+        assert_eq!(outcomes(&session, run_of(1..3), &config, None), [Enqueued::Queued; 2]);
+        assert_eq!(session.enqueue(delivery(3, QoS::AtMostOnce), &config, None), Enqueued::Queued);
+        assert_eq!(session.state.lock().queue.len(), 4);
+        // Room for one more: the run's first message is queued, the rest
+        // dropped as a full queue drops them one by one.
+        let got = outcomes(&session, run_of(4..7), &config, None);
+        assert_eq!(got, [Enqueued::DroppedQueueFull, Enqueued::DroppedQueueFull, Enqueued::Queued]);
+        assert_eq!(session.enqueue(delivery(7, QoS::AtMostOnce), &config, None), Enqueued::DroppedQueueFull);
+        // [MQTT-4.6.0-6]: in the order queued, whatever waited alone or in a run.
+        assert_eq!(sendable_numbers(&session, None), [0, 1, 2, 3, 4]);
+        assert!(session.state.lock().queue.is_empty());
+    }
+
+    #[test]
+    fn a_run_is_dropped_for_an_absent_client_and_a_discarded_session() {
+        let config = BrokerConfig::default();
+        let session = Session::new("c".into(), 1, u32::MAX, ProtocolVersion::V3_1_1);
+        assert_eq!(outcomes(&session, run_of(0..2), &config, None), [Enqueued::DroppedQoS0Offline; 2]);
+        online(&session);
+        assert_eq!(outcomes(&session, run_of(0..2), &config, None), [Enqueued::Queued; 2]);
+        session.state.lock().discard(Kick::Shutdown, None);
+        assert!(session.state.lock().queue.is_empty());
+        assert_eq!(outcomes(&session, run_of(0..2), &config, None), [Enqueued::DroppedDiscarded; 2]);
+    }
+
+    #[test]
+    fn a_run_leaves_share_group_deliveries_to_be_taken_over_and_stays() {
+        let config = BrokerConfig::default();
+        let session = Session::new("c".into(), 1, 0, ProtocolVersion::V5);
+        online(&session);
+        let group = Arc::new(SharedGroup::new("g/t"));
+        let mut shared = delivery(0, QoS::AtLeastOnce);
+        shared.shared = Some(group);
+        session.enqueue(shared, &config, None);
+        session.enqueue_run(run_of(1..3), &config, None, |_| {});
+        let taken = session.state.lock().take_shared();
+        assert_eq!(taken.iter().map(number).collect::<Vec<_>>(), [0]);
+        assert_eq!(session.state.lock().queue.len(), 2);
+        assert_eq!(sendable_numbers(&session, None), [1, 2]);
+    }
+
+    #[tokio::test]
+    async fn behind_a_backlog_a_run_is_stored_copy_by_copy() {
+        let store = MemoryStore::new();
+        let config = BrokerConfig { max_queued_messages: 100, max_queued_in_memory: 1, ..BrokerConfig::default() };
+        let session = Session::new("c".into(), 1, u32::MAX, ProtocolVersion::V5);
+        session.state.lock().stored = true;
+        online(&session);
+        session.enqueue(delivery(0, QoS::AtLeastOnce), &config, Some(&store));
+        session.enqueue(delivery(1, QoS::AtLeastOnce), &config, Some(&store));
+        assert_eq!(session.state.lock().spilled(), 1);
+        assert_eq!(outcomes(&session, run_of(2..4), &config, Some(&store)), [Enqueued::Queued; 2]);
+        assert_eq!(store.len(Table::Queue), 4, "the run's copies wait in the store behind the backlog");
+        assert_eq!(session.state.lock().spilled(), 3);
+    }
+
     #[test]
     fn a_message_without_properties_holds_none() {
         let bare = delivery(1, QoS::AtLeastOnce).message;
@@ -691,7 +956,8 @@ mod tests {
             if out.is_empty() && !page_in(&session, &store, 100).await {
                 break;
             }
-            for (d, id) in out.drain(..) {
+            for sendable in out.drain(..) {
+                let Sendable::One(d, id) = sendable else { panic!("a stored session's queue holds no runs") };
                 got.push(number(&d));
                 let mut state = session.state.lock();
                 let i = state.inflight_position(id.unwrap()).unwrap();
@@ -729,7 +995,8 @@ mod tests {
             if out.is_empty() && !page_in(&session, &store, 2).await {
                 break;
             }
-            for (d, id) in out.drain(..) {
+            for sendable in out.drain(..) {
+                let Sendable::One(d, id) = sendable else { panic!("a stored session's queue holds no runs") };
                 got.push((number(&d), d.qos));
                 if let Some(id) = id {
                     let mut state = session.state.lock();

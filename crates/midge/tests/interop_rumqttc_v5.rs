@@ -663,3 +663,55 @@ async fn the_broker_caps_the_keep_alive_with_server_keep_alive() {
 
     client.wait_for("PINGRESP", |event| matches!(event, Event::Incoming(Packet::PingResp(_))).then_some(())).await;
 }
+
+/// A burst of QoS 0 messages on one topic, written at once so the broker reads them
+/// together, reaches several subscribers, each on its own terms: in order
+/// [MQTT-4.6.0-6], with the Subscription Identifier of its subscription
+/// [MQTT-3.3.4-3], RETAIN as its Retain As Published option says [MQTT-3.3.1-12]
+/// [MQTT-3.3.1-13], without what exceeds its Maximum Packet Size [MQTT-3.1.2-25],
+/// and at the QoS of its subscription capped by the published one [MQTT-3.8.4-6].
+/// The broker queues such a burst to each QoS 0 subscriber as one run.
+#[tokio::test]
+async fn a_burst_to_several_subscribers_reaches_each_on_its_own_terms() {
+    use midge_test_support::{RawClient, build};
+
+    let broker = start_broker(&[]);
+    let mut identified = Client::connected(&broker, "v5-burst-id").await;
+    let with_id = SubscribeProperties { id: Some(5), user_properties: Vec::new() };
+    let keeps_retain = Filter { preserve_retain: true, ..Filter::new("burst/#", QoS::AtMostOnce) };
+    identified.subscribe_with(keeps_retain, Some(with_id)).await;
+    let mut plain = Client::connected(&broker, "v5-burst-plain").await;
+    plain.subscribe("burst/t", QoS::AtMostOnce).await;
+    let mut small = options(&broker, "v5-burst-small");
+    small.set_max_packet_size(Some(64));
+    let mut small = Client::connect(small).await.0;
+    small.subscribe("burst/t", QoS::AtMostOnce).await;
+    let mut at_least_once = Client::connected(&broker, "v5-burst-qos1").await;
+    at_least_once.subscribe("burst/t", QoS::AtLeastOnce).await;
+
+    // Every third message retained; every odd one too large for `small`.
+    let payload = |i: usize| if i % 2 == 1 { format!("{i:03}-{}", "x".repeat(80)) } else { format!("{i:03}") };
+    let mut burst = Vec::new();
+    for i in 0..40 {
+        let publish = build::Publish::new("burst/t", payload(i));
+        burst.extend(if i % 3 == 0 { publish.retain() } else { publish }.build());
+    }
+    let mut publisher = RawClient::connected(broker.addr(), "v5-burst-pub");
+    publisher.send(&burst);
+
+    for i in 0..40 {
+        let got = identified.next_publish().await;
+        assert_eq!((text(&got), got.retain), (payload(i), i % 3 == 0), "message {i}, Retain As Published");
+        let ids = got.properties.map(|p| p.subscription_identifiers).unwrap_or_default();
+        assert_eq!(ids, [5], "message {i}: the subscription's identifier");
+        let got = plain.next_publish().await;
+        assert_eq!((text(&got), got.retain, got.qos), (payload(i), false, QoS::AtMostOnce), "message {i}");
+        assert!(got.properties.is_none_or(|p| p.subscription_identifiers.is_empty()), "message {i}: no identifier");
+        let got = at_least_once.next_publish().await;
+        assert_eq!((text(&got), got.qos), (payload(i), QoS::AtMostOnce), "message {i}, capped at QoS 0");
+        if i % 2 == 0 {
+            assert_eq!(text(&small.next_publish().await), payload(i), "message {i} fits its maximum packet size");
+        }
+    }
+    small.expect_no_publish(QUIET).await;
+}
