@@ -97,7 +97,6 @@ impl Outbox {
             let batch = match &run {
                 Some(run) if target.qos == QoS::AtMostOnce => Batch::Run(RunCopies {
                     messages: run.clone(),
-                    range: 0..run.len(),
                     retain_as_published: target.retain_as_published,
                     subscription_ids: target.subscription_ids,
                 }),

@@ -118,9 +118,6 @@ impl Delivery {
 pub(crate) struct RunCopies {
     /// The run's messages, all on one topic, in the order published.
     pub(crate) messages: Arc<[Arc<Message>]>,
-    /// The ones this session gets: all, unless its queue had room for only
-    /// the first few.
-    pub(crate) range: std::ops::Range<usize>,
     pub(crate) retain_as_published: bool,
     /// v5 Subscription Identifiers of its matching subscriptions, sorted.
     pub(crate) subscription_ids: Vec<u32>,
@@ -128,11 +125,19 @@ pub(crate) struct RunCopies {
 
 impl RunCopies {
     pub(crate) fn len(&self) -> usize {
-        self.range.len()
+        self.messages.len()
     }
 
     pub(crate) fn messages(&self) -> &[Arc<Message>] {
-        &self.messages[self.range.clone()]
+        &self.messages
+    }
+
+    /// Keeps the first `n` copies. They get a list of their own: a
+    /// session's queue must not keep alive more messages than it counts.
+    fn truncate(&mut self, n: usize) {
+        if n < self.messages.len() {
+            self.messages = self.messages[..n].iter().cloned().collect();
+        }
     }
 
     /// RETAIN on the wire, as for [`Delivery::routed`].
@@ -142,8 +147,8 @@ impl RunCopies {
 
     /// The copies one by one, as a session that must store them needs them.
     fn into_deliveries(self) -> impl Iterator<Item = Delivery> {
-        let RunCopies { messages, range, retain_as_published, subscription_ids } = self;
-        range.map(move |i| {
+        let RunCopies { messages, retain_as_published, subscription_ids } = self;
+        (0..messages.len()).map(move |i| {
             Delivery::routed(messages[i].clone(), QoS::AtMostOnce, retain_as_published, subscription_ids.clone())
         })
     }
@@ -572,7 +577,7 @@ impl Session {
         if taken == 0 {
             return;
         }
-        run.range.end = run.range.start + taken;
+        run.truncate(taken);
         let wake = state.queue.is_empty();
         state.queue.push_run(run);
         dropped(&mut outcome, Enqueued::Queued, taken);
@@ -807,7 +812,7 @@ mod tests {
 
     fn run_of(numbers: std::ops::Range<u32>) -> RunCopies {
         let messages: Arc<[Arc<Message>]> = numbers.map(|n| delivery(n, QoS::AtMostOnce).message).collect();
-        RunCopies { range: 0..messages.len(), messages, retain_as_published: false, subscription_ids: Vec::new() }
+        RunCopies { messages, retain_as_published: false, subscription_ids: Vec::new() }
     }
 
     fn online(session: &Session) {
@@ -847,8 +852,11 @@ mod tests {
         assert_eq!(session.state.lock().queue.len(), 4);
         // Room for one more: the run's first message is queued, the rest
         // dropped as a full queue drops them one by one.
-        let got = outcomes(&session, run_of(4..7), &config, None);
+        let run = run_of(4..7);
+        let cut = run.messages()[1].clone();
+        let got = outcomes(&session, run, &config, None);
         assert_eq!(got, [Enqueued::DroppedQueueFull, Enqueued::DroppedQueueFull, Enqueued::Queued]);
+        assert_eq!(Arc::strong_count(&cut), 1, "the queue holds only the messages it counts");
         assert_eq!(session.enqueue(delivery(7, QoS::AtMostOnce), &config, None), Enqueued::DroppedQueueFull);
         // [MQTT-4.6.0-6]: in the order queued, whatever waited alone or in a run.
         assert_eq!(sendable_numbers(&session, None), [0, 1, 2, 3, 4]);
