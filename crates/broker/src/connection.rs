@@ -1407,10 +1407,16 @@ impl Conn {
         for item in sendable.drain(..) {
             match item {
                 Sendable::One(d, packet_id) => {
-                    sent +=
-                        u64::from(self.write_copy(&d.message, d.qos, d.retain, &d.subscription_ids, packet_id, now));
+                    if self.may_read(&d.message.topic, packet_id, 1) {
+                        let copy = self.write_copy(&d.message, d.qos, d.retain, &d.subscription_ids, packet_id, now);
+                        sent += u64::from(copy);
+                    }
                 }
                 Sendable::Run(run) => {
+                    // One topic for the whole run: asked once.
+                    if !self.may_read(&run.messages()[0].topic, None, run.len()) {
+                        continue;
+                    }
                     for message in run.messages() {
                         if message.is_expired(now) {
                             continue;
@@ -1435,8 +1441,21 @@ impl Conn {
         }
     }
 
-    /// Writes one copy of `message` to `wbuf`, unless the client may not
-    /// have it; returns whether it did.
+    /// Whether the client may read `topic`: a subscriber never receives a
+    /// topic it may not read, whatever its filter matched (a `#`
+    /// subscription included). If not, its `copies` are dropped.
+    fn may_read(&self, topic: &MqttStr, packet_id: Option<PacketId>, copies: usize) -> bool {
+        if self.shared.hooks.authorizer.authorize_read(&self.client, topic) {
+            return true;
+        }
+        for _ in 0..copies {
+            self.discard(packet_id, &self.shared.metrics.delivery_denied);
+        }
+        false
+    }
+
+    /// Writes one copy of `message` to `wbuf`, unless it is larger than the
+    /// client accepts; returns whether it did.
     fn write_copy(
         &mut self,
         message: &Message,
@@ -1446,12 +1465,6 @@ impl Conn {
         packet_id: Option<PacketId>,
         now: std::time::Instant,
     ) -> bool {
-        // A subscriber never receives a topic it may not read, whatever
-        // its filter matched (a `#` subscription included).
-        if !self.shared.hooks.authorizer.authorize_read(&self.client, &message.topic) {
-            self.discard(packet_id, &self.shared.metrics.delivery_denied);
-            return false;
-        }
         let mut view = publish_view(message, qos, retain, subscription_ids, packet_id, false, now);
         if self.version.is_v5() {
             let new_alias = self.apply_outbound_alias(&mut view, &message.topic);

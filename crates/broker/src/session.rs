@@ -559,12 +559,12 @@ impl Session {
         mut outcome: impl FnMut(Enqueued),
     ) {
         let mut state = self.state.lock();
-        let dropped = |outcome: &mut dyn FnMut(Enqueued), why, n| (0..n).for_each(|_| outcome(why));
+        let each = |outcome: &mut dyn FnMut(Enqueued), what, n| (0..n).for_each(|_| outcome(what));
         if state.discarded {
-            return dropped(&mut outcome, Enqueued::DroppedDiscarded, run.len());
+            return each(&mut outcome, Enqueued::DroppedDiscarded, run.len());
         }
         if state.owner.is_none() {
-            return dropped(&mut outcome, Enqueued::DroppedQoS0Offline, run.len());
+            return each(&mut outcome, Enqueued::DroppedQoS0Offline, run.len());
         }
         if store.is_some() && state.stored && state.spill_from.is_some() {
             drop(state);
@@ -573,14 +573,14 @@ impl Session {
         let queued = state.queue.len() as u64 + state.spilled();
         let room = usize::try_from((config.max_queued_messages as u64).saturating_sub(queued)).unwrap_or(usize::MAX);
         let taken = run.len().min(room);
-        dropped(&mut outcome, Enqueued::DroppedQueueFull, run.len() - taken);
+        each(&mut outcome, Enqueued::DroppedQueueFull, run.len() - taken);
         if taken == 0 {
             return;
         }
         run.truncate(taken);
         let wake = state.queue.is_empty();
         state.queue.push_run(run);
-        dropped(&mut outcome, Enqueued::Queued, taken);
+        each(&mut outcome, Enqueued::Queued, taken);
         let signal = if wake { state.owner.as_ref().map(|o| o.signal.clone()) } else { None };
         drop(state);
         if let Some(signal) = signal {

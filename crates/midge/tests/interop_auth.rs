@@ -239,3 +239,48 @@ fn hundreds_of_wrong_passwords_do_not_disturb_other_clients() {
     let log = broker.log();
     assert!(log.contains("127.0.0.2"), "failures are logged with the address: {log}");
 }
+
+/// A burst on a topic one `#` subscriber may not read and another may, written at once
+/// so the broker reads it together and queues it to both as one run: the one allowed
+/// gets every message in order, the one denied none of them, only the message after
+/// the burst on a topic it may read (mosquitto_sub for both).
+#[test]
+fn a_burst_on_a_denied_topic_reaches_only_the_subscriber_allowed_to_read_it() {
+    let dir = TempDir::new("acl-burst");
+    let file = password_file(&dir);
+    let acl = dir.join("acl");
+    std::fs::write(&acl, "user alice\ntopic read #\ntopic deny secret/#\n\nuser ann\ntopic readwrite #\n").unwrap();
+    let broker = start_broker(&["--password-file", &file, "--acl-file", acl.to_str().unwrap()]);
+    let port = broker.port().to_string();
+    let subscriber = |user: &str, password: &str, count: &str| {
+        // Line-buffered, so the SUBACK line is seen as it is printed.
+        let mut sub = Command::new("stdbuf");
+        sub.args(["-oL", "mosquitto_sub", "-h", "127.0.0.1", "-p", &port, "-u", user, "-P", password]);
+        sub.args(["-t", "#", "-C", count, "-d"]);
+        sub.args(["-i", &format!("{user}-sub"), "-F", "MSG %t %p"]);
+        let sub = Process::spawn(&format!("mosquitto_sub as {user}"), sub);
+        sub.wait_for_stdout_line("received SUBACK", WAIT);
+        sub
+    };
+    let mut alice = subscriber("alice", "secret", "1");
+    let mut ann = subscriber("ann", "a2", "21");
+
+    let mut burst = Vec::new();
+    for i in 0..20 {
+        burst.extend(build::publish("secret/plans", format!("s{i:02}")));
+    }
+    burst.extend(build::publish("open/news", "after"));
+    let connect = build::Connect::new("ann-pub").username("ann").password("a2");
+    let (mut publisher, _) = midge_test_support::RawClient::handshake(broker.addr(), &connect);
+    publisher.send(&burst);
+
+    let messages = |sub: &Process| -> Vec<String> {
+        sub.stdout_lines().into_iter().filter_map(|l| l.strip_prefix("MSG ").map(str::to_owned)).collect()
+    };
+    ann.wait_success(WAIT);
+    let mut expected: Vec<String> = (0..20).map(|i| format!("secret/plans s{i:02}")).collect();
+    expected.push("open/news after".into());
+    assert_eq!(messages(&ann), expected, "{}", ann.transcript());
+    alice.wait_success(WAIT);
+    assert_eq!(messages(&alice), ["open/news after"], "alice may not read secret/#: {}", alice.transcript());
+}
