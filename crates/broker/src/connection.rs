@@ -1414,7 +1414,7 @@ impl Conn {
                 }
                 Sendable::Run(run) => {
                     // One topic for the whole run: asked once.
-                    if !self.may_read(&run.messages()[0].topic, None, run.len()) {
+                    if !self.may_read(run.topic(), None, run.len()) {
                         continue;
                     }
                     for message in run.messages() {

@@ -132,6 +132,11 @@ impl RunCopies {
         &self.messages
     }
 
+    /// The topic all its messages share; a run is never empty.
+    pub(crate) fn topic(&self) -> &MqttStr {
+        &self.messages[0].topic
+    }
+
     /// Keeps the first `n` copies. They get a list of their own: a
     /// session's queue must not keep alive more messages than it counts.
     fn truncate(&mut self, n: usize) {
@@ -202,10 +207,6 @@ impl Queue {
         self.entries.push_back(Queued::Run(run));
     }
 
-    fn front(&self) -> Option<&Queued> {
-        self.entries.front()
-    }
-
     fn pop_front(&mut self) -> Option<Queued> {
         let entry = self.entries.pop_front()?;
         self.len -= match &entry {
@@ -222,20 +223,20 @@ impl Queue {
 
     /// Takes out the share-group deliveries; runs never hold any.
     fn take_shared(&mut self) -> Vec<Delivery> {
-        let is_shared = |entry: &Queued| matches!(entry, Queued::One(d) if d.shared.is_some());
-        if !self.entries.iter().any(is_shared) {
-            return Vec::new();
+        let mut taken = Vec::new();
+        if !self.entries.iter().any(|entry| matches!(entry, Queued::One(d) if d.shared.is_some())) {
+            return taken;
         }
-        let (shared, own): (VecDeque<Queued>, VecDeque<Queued>) = self.entries.drain(..).partition(is_shared);
+        let mut own = VecDeque::with_capacity(self.entries.len());
+        for entry in self.entries.drain(..) {
+            match entry {
+                Queued::One(d) if d.shared.is_some() => taken.push(d),
+                entry => own.push_back(entry),
+            }
+        }
         self.entries = own;
-        self.len -= shared.len();
-        shared
-            .into_iter()
-            .filter_map(|entry| match entry {
-                Queued::One(d) => Some(d),
-                Queued::Run(_) => None,
-            })
-            .collect()
+        self.len -= taken.len();
+        taken
     }
 }
 
@@ -539,11 +540,7 @@ impl Session {
             state.queue.push_back(delivery);
             outcome(Enqueued::Queued);
         }
-        let signal = if wake { state.owner.as_ref().map(|o| o.signal.clone()) } else { None };
-        drop(state);
-        if let Some(signal) = signal {
-            signal.wake();
-        }
+        wake_owner(state, wake);
     }
 
     /// Queues QoS 0 copies of a run as one entry, with what
@@ -581,11 +578,17 @@ impl Session {
         let wake = state.queue.is_empty();
         state.queue.push_run(run);
         each(&mut outcome, Enqueued::Queued, taken);
-        let signal = if wake { state.owner.as_ref().map(|o| o.signal.clone()) } else { None };
-        drop(state);
-        if let Some(signal) = signal {
-            signal.wake();
-        }
+        wake_owner(state, wake);
+    }
+}
+
+/// Wakes the connection attached to the session, if `wake` (the queue was
+/// empty before), once the lock is let go.
+fn wake_owner(state: parking_lot::MutexGuard<'_, SessionState>, wake: bool) {
+    let signal = if wake { state.owner.as_ref().map(|o| o.signal.clone()) } else { None };
+    drop(state);
+    if let Some(signal) = signal {
+        signal.wake();
     }
 }
 
@@ -692,33 +695,30 @@ impl SessionState {
         store: Option<&dyn Store>,
     ) -> bool {
         let mut qos2_stored = false;
-        while let Some(front) = self.queue.front() {
-            let front = match front {
+        while let Some(entry) = self.queue.pop_front() {
+            let d = match entry {
                 Queued::One(delivery) => delivery,
                 // QoS 0 and never stored: all sent now, the expired ones
                 // left out as they are written.
-                Queued::Run(_) => {
-                    let Some(Queued::Run(run)) = self.queue.pop_front() else { unreachable!("front is a run") };
+                Queued::Run(run) => {
                     out.push(Sendable::Run(run));
                     continue;
                 }
             };
-            if front.message.is_expired(now) {
-                self.forget(store, front.seq);
-                self.queue.pop_front();
+            if d.message.is_expired(now) {
+                self.forget(store, d.seq);
                 continue;
             }
-            if front.qos == QoS::AtMostOnce {
+            if d.qos == QoS::AtMostOnce {
                 // Stored only to keep its place behind a backlog; sent now.
-                self.forget(store, front.seq);
-                let Some(Queued::One(d)) = self.queue.pop_front() else { unreachable!("front is one") };
+                self.forget(store, d.seq);
                 out.push(Sendable::One(d, None));
                 continue;
             }
             if self.inflight.len() >= window {
+                self.queue.push_front(d);
                 break;
             }
-            let Some(Queued::One(d)) = self.queue.pop_front() else { unreachable!("front is one") };
             let id = self.next_packet_id();
             if let (Some(store), seq @ 1..) = (store, d.seq) {
                 persist::put_inflight(store, self.sid, seq, id, InflightState::ExpectAck);
@@ -827,9 +827,7 @@ mod tests {
         for item in out {
             match item {
                 Sendable::One(d, _) => numbers.push(number(&d)),
-                Sendable::Run(run) => {
-                    numbers.extend(run.messages().iter().map(|m| u32::from_be_bytes(m.payload[..].try_into().unwrap())))
-                }
+                Sendable::Run(run) => numbers.extend(run.messages().iter().map(|m| payload_number(m))),
             }
         }
         numbers
@@ -918,7 +916,11 @@ mod tests {
     }
 
     fn number(d: &Delivery) -> u32 {
-        u32::from_be_bytes(d.message.payload[..].try_into().unwrap())
+        payload_number(&d.message)
+    }
+
+    fn payload_number(m: &Message) -> u32 {
+        u32::from_be_bytes(m.payload[..].try_into().unwrap())
     }
 
     /// Pages the backlog in as a connection does: scan from where it starts,
