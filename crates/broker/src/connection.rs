@@ -800,13 +800,19 @@ impl Conn {
                     let mut read_meanwhile = false;
                     let mut written = 0;
                     loop {
+                        if let Some(kick) = signal.kicked() {
+                            return kicked(kick);
+                        }
                         reserve(rbuf, &mut busy);
+                        // The write first: it is usually done at once, and the
+                        // other two then cost nothing. The timer last: it is
+                        // polled (and its waker registered) only when the task
+                        // is about to wait; a task that is not waiting needs no
+                        // timer to wake it.
                         let progress = tokio::select! {
                             biased;
+                            progress = write_or_read(stream, &self.wbuf, &mut written, rbuf) => progress,
                             _ = signal.notified() => {
-                                if let Some(kick) = signal.kicked() {
-                                    return kicked(kick);
-                                }
                                 woken = true;
                                 continue;
                             }
@@ -816,7 +822,6 @@ impl Conn {
                                 }
                                 continue;
                             }
-                            progress = write_or_read(stream, &self.wbuf, &mut written, rbuf) => progress,
                         };
                         match progress {
                             Progress::Written => break,
@@ -852,11 +857,13 @@ impl Conn {
                     }
                 }
                 reserve(rbuf, &mut busy);
+                // The timer last, as above. A client that keeps sending is
+                // not idle, so it never needs its timer checked.
                 let event = tokio::select! {
                     biased;
-                    _ = &mut timer, if keep_alive.is_some() => Event::Timer,
                     read = read_some(stream, rbuf) => Event::Read(read),
                     _ = signal.notified() => Event::Signal,
+                    _ = &mut timer, if keep_alive.is_some() => Event::Timer,
                 };
                 match event {
                     Event::Read(Ok(0)) => return Close::PeerClosed,

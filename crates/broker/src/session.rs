@@ -18,8 +18,10 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use midge_codec::{MqttStr, PacketId, ProtocolVersion, PublishProperties, QoS};
 use parking_lot::Mutex;
-use tokio::sync::Notify;
-use tokio::sync::futures::Notified;
+use std::future::Future;
+use std::task::Poll;
+
+use atomic_waker::AtomicWaker;
 
 use crate::BrokerConfig;
 use crate::persist;
@@ -289,9 +291,16 @@ impl Kick {
 /// something is queued, and the order to go. One small allocation per
 /// connection, and one thing for the connection to wait on besides its
 /// socket and its keep-alive timer.
+///
+/// Only the connection's own task ever waits on it, so one waker slot and
+/// a flag do: no waiter list and no lock, as `tokio::sync::Notify` has.
+/// It is waited on at every turn of the serving loop, which made Notify's
+/// bookkeeping a visible share of a lone message's path (docs/PERFORMANCE.md).
 #[derive(Debug, Default)]
 pub(crate) struct Signal {
-    notify: Notify,
+    waker: AtomicWaker,
+    /// A wake-up the connection has not taken yet.
+    woken: AtomicBool,
     /// 0 while the connection may stay; else a [`Kick`] code. The first
     /// kick wins.
     kick: AtomicU8,
@@ -300,13 +309,14 @@ pub(crate) struct Signal {
 impl Signal {
     /// Something was queued for the connection.
     pub(crate) fn wake(&self) {
-        self.notify.notify_one();
+        self.woken.store(true, Ordering::Release);
+        self.waker.wake();
     }
 
     /// Tells the connection to go.
     pub(crate) fn kick(&self, reason: Kick) {
         let _ = self.kick.compare_exchange(0, reason.code(), Ordering::AcqRel, Ordering::Acquire);
-        self.notify.notify_one();
+        self.wake();
     }
 
     /// Why the connection must go, if it must.
@@ -315,9 +325,22 @@ impl Signal {
     }
 
     /// Completes at the next [`Signal::wake`] or [`Signal::kick`], or at
-    /// once if one came while nobody waited.
-    pub(crate) fn notified(&self) -> Notified<'_> {
-        self.notify.notified()
+    /// once if one came while nobody waited. Wake-ups that came meanwhile
+    /// are taken as one.
+    pub(crate) fn notified(&self) -> impl Future<Output = ()> + '_ {
+        std::future::poll_fn(move |cx| {
+            if self.take() {
+                return Poll::Ready(());
+            }
+            self.waker.register(cx.waker());
+            // A wake between the check and the registration found no waker.
+            if self.take() { Poll::Ready(()) } else { Poll::Pending }
+        })
+    }
+
+    fn take(&self) -> bool {
+        // A load first: the common case (nothing came) writes nothing.
+        self.woken.load(Ordering::Acquire) && self.woken.swap(false, Ordering::AcqRel)
     }
 }
 
