@@ -28,7 +28,7 @@ use midge_codec::{
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 
-use crate::auth::{AuthExchange, AuthStep, ClientInfo, Verdict};
+use crate::auth::{AuthExchange, AuthStep, Check, ClientInfo, Verdict};
 use crate::broker::{Origin, Shared};
 use crate::metrics::Metrics;
 use crate::outbox::Outbox;
@@ -91,6 +91,17 @@ impl Close {
             Close::Store(_) => Some(ReasonCode::UnspecifiedError),
         }
     }
+}
+
+/// A packet whose handling has to await something; the packets before it
+/// are handled.
+enum Deferred {
+    /// The authorizer answers later.
+    Publish(Publish),
+    /// Each filter's authorization may be answered later.
+    Subscribe(Subscribe),
+    /// A step of the re-authentication the client's AUTH asked for.
+    Reauthenticate,
 }
 
 enum Event {
@@ -762,7 +773,7 @@ impl Conn {
             }
             // Clients may send packets right behind CONNECT without waiting
             // for CONNACK (section 3.1.4); they may already be buffered.
-            if let Err(close) = Box::pin(self.handle_buffered(rbuf)).await {
+            if let Err(close) = self.handle_input(rbuf).await {
                 return close;
             }
             // Anything already queued for a resumed session goes out now.
@@ -849,7 +860,7 @@ impl Conn {
                         signal.wake();
                     }
                     if read_meanwhile {
-                        if let Err(close) = Box::pin(self.handle_buffered(rbuf)).await {
+                        if let Err(close) = self.handle_input(rbuf).await {
                             return close;
                         }
                         self.drain();
@@ -872,7 +883,7 @@ impl Conn {
                         Metrics::add(&self.shared.metrics.bytes_received, n as u64);
                         last_packet = Instant::now();
                         self.routed = 0;
-                        if let Err(close) = Box::pin(self.handle_buffered(rbuf)).await {
+                        if let Err(close) = self.handle_input(rbuf).await {
                             return close;
                         }
                         if self.routed == 1 && !self.wbuf.is_empty() {
@@ -907,35 +918,68 @@ impl Conn {
     }
 
     /// Handles every complete packet in `rbuf`, then the step of a
-    /// re-authentication they asked for. Callers box it (one allocation per
-    /// read, not per packet): its future is large, and an idle connection
-    /// would otherwise carry room for it all the time.
+    /// re-authentication they asked for.
+    ///
+    /// Most packets need nothing awaited, and are handled without a future
+    /// ([`Conn::handle_ready`]). Only what waits (an authorizer that answers
+    /// later, a SUBSCRIBE, a re-authentication step) goes through
+    /// [`Conn::handle_deferred`], boxed: its future is large, and an idle
+    /// connection would otherwise carry room for it all the time. Boxing it
+    /// for every read cost an allocation of over a kilobyte and its copy on
+    /// each message's path (docs/PERFORMANCE.md).
+    async fn handle_input(&mut self, rbuf: &mut BytesMut) -> Result<(), Close> {
+        if let Some(deferred) = self.handle_ready(rbuf)? {
+            Box::pin(self.handle_deferred(deferred, rbuf)).await?;
+        }
+        Ok(())
+    }
+
+    /// Handles the complete packets in `rbuf` up to the first whose handling
+    /// has to wait, and returns that one.
     ///
     /// The messages routed meanwhile are queued on their subscribers' sessions
     /// before it returns, however it ends: before the acknowledgements go out,
-    /// and before the connection closes.
-    async fn handle_buffered(&mut self, rbuf: &mut BytesMut) -> Result<(), Close> {
-        let handled = async {
-            loop {
-                match decode(rbuf, self.version, self.shared.config.max_packet_size) {
-                    Ok(Some(packet)) => {
-                        Metrics::inc(&self.shared.metrics.packets_received);
-                        if !matches!(packet, Packet::Publish(_)) {
-                            // What was routed before it is queued before the
-                            // packet acts: a PINGREQ's drain, a SUBSCRIBE's
-                            // retained messages, the close a DISCONNECT starts.
-                            self.flush_outbox();
-                        }
-                        self.handle(packet).await?;
+    /// before anything is awaited, and before the connection closes.
+    fn handle_ready(&mut self, rbuf: &mut BytesMut) -> Result<Option<Deferred>, Close> {
+        let handled = loop {
+            match decode(rbuf, self.version, self.shared.config.max_packet_size) {
+                Ok(Some(packet)) => {
+                    Metrics::inc(&self.shared.metrics.packets_received);
+                    if !matches!(packet, Packet::Publish(_)) {
+                        // What was routed before it is queued before the
+                        // packet acts: a PINGREQ's drain, a SUBSCRIBE's
+                        // retained messages, the close a DISCONNECT starts.
+                        self.flush_outbox();
                     }
-                    Ok(None) => return self.reauthenticate().await,
-                    Err(e) => return Err(Close::Malformed(e)),
+                    match self.handle(packet) {
+                        Ok(None) => {}
+                        done => break done,
+                    }
                 }
+                Ok(None) => break Ok(self.reauthentication_due().then_some(Deferred::Reauthenticate)),
+                Err(e) => break Err(Close::Malformed(e)),
             }
-        }
-        .await;
+        };
         self.flush_outbox();
         handled
+    }
+
+    /// Finishes `deferred`, then handles what follows it in `rbuf`.
+    async fn handle_deferred(&mut self, deferred: Deferred, rbuf: &mut BytesMut) -> Result<(), Close> {
+        let mut next = Some(deferred);
+        while let Some(deferred) = next {
+            let done = match deferred {
+                Deferred::Publish(publish) => self.publish_when_allowed(publish).await,
+                Deferred::Subscribe(subscribe) => self.handle_subscribe(subscribe).await,
+                Deferred::Reauthenticate => self.reauthenticate().await,
+            };
+            if let Err(close) = done {
+                self.flush_outbox();
+                return Err(close);
+            }
+            next = self.handle_ready(rbuf)?;
+        }
+        Ok(())
     }
 
     fn flush_outbox(&mut self) {
@@ -946,10 +990,11 @@ impl Conn {
         }
     }
 
-    /// Handles one packet from the client. `Err` ends the connection.
-    async fn handle(&mut self, packet: Packet) -> Result<(), Close> {
-        match packet {
-            Packet::Publish(publish) => self.handle_publish(publish).await,
+    /// Handles one packet from the client, or returns it when its handling
+    /// has to wait for something. `Err` ends the connection.
+    fn handle(&mut self, packet: Packet) -> Result<Option<Deferred>, Close> {
+        let done = match packet {
+            Packet::Publish(publish) => return self.handle_publish(publish),
             Packet::PubAck(ack) => {
                 self.complete_inflight(ack.packet_id, InflightState::ExpectAck, QoS::AtLeastOnce);
                 Ok(())
@@ -998,7 +1043,7 @@ impl Conn {
                 self.complete_inflight(ack.packet_id, InflightState::ExpectComp, QoS::ExactlyOnce);
                 Ok(())
             }
-            Packet::Subscribe(subscribe) => self.handle_subscribe(subscribe).await,
+            Packet::Subscribe(subscribe) => return Ok(Some(Deferred::Subscribe(subscribe))),
             Packet::Unsubscribe(unsubscribe) => {
                 self.handle_unsubscribe(unsubscribe);
                 Ok(())
@@ -1031,7 +1076,8 @@ impl Conn {
             Packet::ConnAck(_) | Packet::SubAck(_) | Packet::UnsubAck(_) | Packet::PingResp => {
                 Err(Close::ProtocolViolation(ReasonCode::ProtocolError, "a server-to-client packet sent by a client"))
             }
-        }
+        };
+        done.map(|()| None)
     }
 
     /// A client's AUTH after CONNACK: starts or continues a
@@ -1075,6 +1121,11 @@ impl Conn {
         Ok(())
     }
 
+    /// Whether the client's last AUTH asked for a step not yet run.
+    fn reauthentication_due(&self) -> bool {
+        self.auth.as_ref().is_some_and(|state| state.data.is_some() && state.exchange.is_some())
+    }
+
     /// Runs the step of a re-authentication the client's last AUTH asked for.
     async fn reauthenticate(&mut self) -> Result<(), Close> {
         let Some(state) = &mut self.auth else { return Ok(()) };
@@ -1098,7 +1149,9 @@ impl Conn {
         Ok(())
     }
 
-    async fn handle_publish(&mut self, mut publish: Publish) -> Result<(), Close> {
+    /// Handles a PUBLISH, unless the authorizer answers later: then it is
+    /// returned, its topic alias resolved, for [`Conn::publish_when_allowed`].
+    fn handle_publish(&mut self, mut publish: Publish) -> Result<Option<Deferred>, Close> {
         Metrics::inc(&self.shared.metrics.publish_received);
         if let Some(alias) = publish.properties.topic_alias.take() {
             // Aliases belong to this connection: resolved here, never forwarded.
@@ -1133,9 +1186,29 @@ impl Conn {
         }
         // `$SYS` belongs to the broker: clients' publishes there are
         // acknowledged and dropped, as Mosquitto does.
-        let mut route = !publish.topic.starts_with("$SYS");
-        let allowed =
-            !route || self.shared.hooks.authorizer.authorize_publish(&self.client, &publish.topic).allowed().await;
+        if publish.topic.starts_with("$SYS") {
+            return self.publish_decided(publish, false, true).map(|()| None);
+        }
+        let answer = match self.shared.hooks.authorizer.authorize_publish(&self.client, &publish.topic) {
+            Check::Ready(allowed) => Some(allowed),
+            // Dropped unpolled; asked again where it can be awaited.
+            Check::Pending(_) => None,
+        };
+        match answer {
+            Some(allowed) => self.publish_decided(publish, true, allowed).map(|()| None),
+            None => Ok(Some(Deferred::Publish(publish))),
+        }
+    }
+
+    /// Finishes a PUBLISH whose authorization has to be awaited.
+    async fn publish_when_allowed(&mut self, publish: Publish) -> Result<(), Close> {
+        let allowed = self.shared.hooks.authorizer.authorize_publish(&self.client, &publish.topic).allowed().await;
+        self.publish_decided(publish, true, allowed)
+    }
+
+    /// Routes and acknowledges a PUBLISH once it is known whether it may be
+    /// (`allowed`) and whether it is routed at all (`route`).
+    fn publish_decided(&mut self, publish: Publish, mut route: bool, allowed: bool) -> Result<(), Close> {
         if !allowed {
             // 3.1.1 has no way to say no: the message is dropped silently.
             Metrics::inc(&self.shared.metrics.publish_denied);
