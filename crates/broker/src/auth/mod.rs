@@ -109,7 +109,9 @@ pub trait Authenticator: Send + Sync + 'static {
 pub enum Check<'a> {
     /// Decided: `true` allows.
     Ready(bool),
-    /// To be awaited.
+    /// To be awaited. The broker may drop it unpolled and ask the same
+    /// question again where it can wait for the answer, so creating one
+    /// should not start the work (an `async` block does not).
     Pending(BoxFuture<'a, bool>),
 }
 
