@@ -14,6 +14,7 @@ use crate::{SharedStrategyArg, SyncArg, WebhookCheck};
 #[serde(deny_unknown_fields)]
 pub(crate) struct ConfigFile {
     pub(crate) sys_interval: Option<u64>,
+    pub(crate) threads: Option<usize>,
     pub(crate) max_inflight: Option<u16>,
     pub(crate) max_queued_messages: Option<usize>,
     pub(crate) max_queued_in_memory: Option<u64>,

@@ -71,6 +71,11 @@ struct ServeArgs {
     /// Seconds between `$SYS` updates; 0 disables `$SYS`.
     #[arg(long, default_value_t = 10)]
     sys_interval: u64,
+    /// Threads serving clients; 0: one per CPU midge may run on. With one,
+    /// midge runs a single-threaded scheduler, which does less work per
+    /// message than a multi-threaded one with a single worker.
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
     /// Unacknowledged outbound QoS 1/2 messages per client.
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u16).range(1..))]
     max_inflight: u16,
@@ -246,7 +251,15 @@ fn apply_config_file(args: &mut ServeArgs, matches: &clap::ArgMatches) -> anyhow
             }
         )*};
     }
-    take!(sys_interval, max_inflight, max_queued_messages, max_packet_size, topic_alias_maximum, max_keep_alive);
+    take!(
+        sys_interval,
+        threads,
+        max_inflight,
+        max_queued_messages,
+        max_packet_size,
+        topic_alias_maximum,
+        max_keep_alive
+    );
     take!(shared_strategy, log_level, allow_anonymous, webhook_timeout_ms, webhook_cache_seconds);
     take!(data_dir, in_memory, sync, sync_interval_ms, max_queued_in_memory);
     if !given("webhook_checks")
@@ -281,13 +294,33 @@ fn apply_config_file(args: &mut ServeArgs, matches: &clap::ArgMatches) -> anyhow
     Ok(())
 }
 
+/// The scheduler for `threads` threads (0: one per CPU this process may run
+/// on, which `taskset` and CPU affinity narrow).
+///
+/// One thread gets tokio's current-thread scheduler. A multi-threaded one
+/// with a single worker still keeps its work-stealing queues and times every
+/// batch of polls to tune itself: on one pinned CPU that was 18% of the
+/// instructions a lone message costs (callgrind, docs/PERFORMANCE.md).
+fn runtime(threads: usize) -> std::io::Result<(tokio::runtime::Runtime, usize)> {
+    let threads = match threads {
+        0 => std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
+        n => n,
+    };
+    let runtime = if threads == 1 {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread().worker_threads(threads).enable_all().build()
+    };
+    Ok((runtime?, threads))
+}
+
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let filter =
         EnvFilter::try_new(&args.log_level).with_context(|| format!("invalid --log-level {:?}", args.log_level))?;
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi).init();
     fdtable::presize();
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
+    let (runtime, threads) = runtime(args.threads).context("starting the runtime")?;
     runtime.block_on(async move {
         let config = BrokerConfig {
             max_inflight: args.max_inflight,
@@ -354,7 +387,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             tracing::info!("in memory only (--in-memory): nothing survives a restart");
         }
         let bound = listener::bind(listener_specs(&args)).await?;
-        tracing::info!("{} starting", midge_broker::VERSION);
+        tracing::info!("{} starting on {threads} thread{}", midge_broker::VERSION, if threads == 1 { "" } else { "s" });
         let mut accepts = Vec::new();
         let mut tls_cells = Vec::new();
         for bound in bound {

@@ -499,3 +499,25 @@ async fn a_thousand_qos_1_messages_arrive_complete_and_in_order_through_a_small_
     let broker = start_broker(&["--max-inflight", "3"]);
     many_qos_1_messages_in_order(&broker, 1000).await;
 }
+
+/// `threads = 1` (here from the configuration file) runs tokio's single-threaded
+/// scheduler, as a broker confined to one CPU does by default: messages flow
+/// through it, QoS 1 in order, and a will still goes out when a client drops.
+#[tokio::test]
+async fn a_broker_on_one_thread_serves_like_one_on_several() {
+    let dir = midge_test_support::TempDir::new("one-thread");
+    let config = dir.join("midge.toml");
+    std::fs::write(&config, "threads = 1\n").expect("write the configuration file");
+    let broker = start_broker(&["-c", config.to_str().expect("a UTF-8 path")]);
+    assert!(broker.log().contains("starting on 1 thread"), "{}", broker.log());
+    many_qos_1_messages_in_order(&broker, 1000).await;
+
+    let mut watcher = Client::connected(&broker, "watcher").await;
+    watcher.subscribe("wills/#", QoS::AtLeastOnce).await;
+    let mut options = options(&broker, "doomed");
+    options.set_last_will(LastWill::new("wills/doomed", "gone", QoS::AtLeastOnce, false));
+    let (doomed, _) = Client::connect(options).await;
+    doomed.drop_connection().await;
+    let will = watcher.next_publish().await;
+    assert_eq!((will.topic.as_str(), text(&will).as_str()), ("wills/doomed", "gone"));
+}
