@@ -928,10 +928,23 @@ impl Conn {
     /// for every read cost an allocation of over a kilobyte and its copy on
     /// each message's path (docs/PERFORMANCE.md).
     async fn handle_input(&mut self, rbuf: &mut BytesMut) -> Result<(), Close> {
-        if let Some(deferred) = self.handle_ready(rbuf)? {
-            Box::pin(self.handle_deferred(deferred, rbuf)).await?;
+        // Only the box is held across the await: a `Deferred` kept in this
+        // future (a PUBLISH is a few hundred bytes) would be room every
+        // idle connection carries (0.5 KiB per connection, measured).
+        match self.start_deferred(rbuf)? {
+            Some(rest) => rest.await,
+            None => Ok(()),
         }
-        Ok(())
+    }
+
+    /// [`Conn::handle_ready`], then, if a packet has to wait, the rest of
+    /// the handling as a boxed future.
+    #[allow(clippy::type_complexity)]
+    fn start_deferred<'a>(
+        &'a mut self,
+        rbuf: &'a mut BytesMut,
+    ) -> Result<Option<Pin<Box<impl Future<Output = Result<(), Close>> + 'a>>>, Close> {
+        Ok(self.handle_ready(rbuf)?.map(|deferred| Box::pin(self.handle_deferred(deferred, rbuf))))
     }
 
     /// Handles the complete packets in `rbuf` up to the first whose handling
