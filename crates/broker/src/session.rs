@@ -10,18 +10,17 @@
 //! for queue and map operations, never across I/O or an await.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::future::Future;
 use std::num::NonZeroU16;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
+use atomic_waker::AtomicWaker;
 use bytes::Bytes;
 use midge_codec::{MqttStr, PacketId, ProtocolVersion, PublishProperties, QoS};
 use parking_lot::Mutex;
-use std::future::Future;
-use std::task::Poll;
-
-use atomic_waker::AtomicWaker;
 
 use crate::BrokerConfig;
 use crate::persist;
@@ -309,8 +308,12 @@ pub(crate) struct Signal {
 impl Signal {
     /// Something was queued for the connection.
     pub(crate) fn wake(&self) {
-        self.woken.store(true, Ordering::Release);
-        self.waker.wake();
+        // Already set: whoever set it woke the task, or the task is running
+        // and checks the flag before it waits again. Many publishers waking
+        // one subscriber then touch the waker's slot once, not each time.
+        if !self.woken.swap(true, Ordering::AcqRel) {
+            self.waker.wake();
+        }
     }
 
     /// Tells the connection to go.

@@ -251,17 +251,9 @@ fn apply_config_file(args: &mut ServeArgs, matches: &clap::ArgMatches) -> anyhow
             }
         )*};
     }
-    take!(
-        sys_interval,
-        threads,
-        max_inflight,
-        max_queued_messages,
-        max_packet_size,
-        topic_alias_maximum,
-        max_keep_alive
-    );
+    take!(sys_interval, max_inflight, max_queued_messages, max_packet_size, topic_alias_maximum, max_keep_alive);
     take!(shared_strategy, log_level, allow_anonymous, webhook_timeout_ms, webhook_cache_seconds);
-    take!(data_dir, in_memory, sync, sync_interval_ms, max_queued_in_memory);
+    take!(data_dir, in_memory, sync, sync_interval_ms, max_queued_in_memory, threads);
     if !given("webhook_checks")
         && let Some(checks) = file.webhook_checks
     {

@@ -35,6 +35,39 @@ fn serve_listens_on_loopback_only_by_default() {
     assert!(serve.terminate(WAIT).success(), "SIGTERM ends it cleanly: {}", serve.transcript());
 }
 
+/// By default midge serves on one thread per CPU it may run on, CPU affinity
+/// included: confined to one CPU with `taskset` (util-linux), it says it runs on
+/// one thread, and `--threads` overrides that.
+#[test]
+fn serve_runs_one_thread_per_cpu_it_may_use() {
+    let start = |extra: &[&str]| {
+        let mut command = Command::new("taskset");
+        command
+            .args([
+                "-c",
+                "0",
+                env!("CARGO_BIN_EXE_midge"),
+                "serve",
+                "--in-memory",
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                "0",
+            ])
+            .args(extra)
+            .env("NO_COLOR", "1");
+        let serve = Process::spawn("taskset -c 0 midge serve", command);
+        serve.wait_for_stderr_line("listening on mqtt://", WAIT);
+        serve
+    };
+    let mut pinned = start(&[]);
+    assert!(pinned.stderr().contains("midge 0.1.0 starting on 1 thread\n"), "{}", pinned.transcript());
+    assert!(pinned.terminate(WAIT).success(), "{}", pinned.transcript());
+    let mut told = start(&["--threads", "3"]);
+    assert!(told.stderr().contains("midge 0.1.0 starting on 3 threads"), "{}", told.transcript());
+    assert!(told.terminate(WAIT).success(), "{}", told.transcript());
+}
+
 /// The port in a `listening on mqtt://IP:PORT` start-up line.
 fn listening_port(line: &str) -> u16 {
     let rest = &line[line.find("mqtt://").expect("a listening line") + 7..];
