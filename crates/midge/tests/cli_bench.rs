@@ -111,6 +111,36 @@ fn paced_publishers_count_exactly_on_both_timers() {
 }
 
 #[test]
+fn publishers_on_the_clock_grid_count_exactly_and_a_grid_needs_a_rate() {
+    // `--phase-us` is how the harness runs two generators half a period apart.
+    let broker = midge();
+    let port = broker.port().to_string();
+    let s = bench_json(&[
+        "pairs",
+        "-p",
+        &port,
+        "--pairs",
+        "2",
+        "-q",
+        "1",
+        "--total-rate",
+        "1000",
+        "--phase-us",
+        "500",
+        "-C",
+        "20",
+    ]);
+    assert_eq!(u64_of(&s, "sent"), 40, "{s}");
+    assert_eq!(u64_of(&s, "received"), 40, "{s}");
+    assert_eq!(u64_of(&s, "lost"), 0, "{s}");
+
+    let mut p = bench(&["pairs", "-p", &port, "--pairs", "1", "--phase-us", "500", "-C", "1"]);
+    let status = p.wait_exit(WAIT);
+    assert!(!status.success(), "{}", p.transcript());
+    assert!(p.stderr().contains("--phase-us needs --rate or --total-rate"), "{}", p.transcript());
+}
+
+#[test]
 fn a_shared_subscription_group_receives_each_message_once() {
     let broker = midge();
     let port = broker.port().to_string();

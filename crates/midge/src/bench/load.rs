@@ -185,10 +185,10 @@ pub(crate) struct PublisherPlan {
     pub(crate) size: usize,
     /// Messages per second, if paced.
     pub(crate) rate: Option<f64>,
-    /// How long after the run's start this publisher's first slot comes: paced
-    /// publishers are spread over one period, so `--total-rate` is even
-    /// rather than every publisher sending in the same instant.
-    pub(crate) phase: Duration,
+    /// This publisher's first slot: paced publishers are spread over one
+    /// period, so `--total-rate` is even rather than every publisher sending
+    /// in the same instant.
+    pub(crate) start: Instant,
     /// Messages to send, if limited.
     pub(crate) count: Option<u64>,
     /// When to stop publishing, if timed.
@@ -235,7 +235,7 @@ async fn publish_loop(
     let mut next_id: u16 = 0;
     let mut sent: u64 = 0;
     let mut wbuf = BytesMut::with_capacity(plan.batch * (plan.size + plan.topic.len() + 16));
-    let start = Instant::now() + plan.phase;
+    let start = plan.start;
     // Timers created once and re-armed, not one per wait.
     let far = start + Duration::from_secs(86_400 * 365);
     let deadline = tokio::time::sleep_until(plan.deadline.unwrap_or(far).into());

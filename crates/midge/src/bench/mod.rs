@@ -194,6 +194,12 @@ async fn connect_all(dialer: &Arc<Dialer>, ids: Vec<String>, start: Instant) -> 
 
 /// The publish/subscribe runs: `pub`, `sub` and the scenarios.
 async fn load(connect: &ConnectOpts, traffic: Option<&TrafficOpts>, plan: Plan) -> anyhow::Result<()> {
+    if let Some(t) = traffic
+        && t.phase_us.is_some()
+        && !t.rate.or(t.total_rate).is_some_and(|r| r > 0.0)
+    {
+        bail!("--phase-us needs --rate or --total-rate");
+    }
     let dialer = Arc::new(Dialer::new(connect).await?);
     let version = dialer.version;
     let timeout = Duration::from_secs_f64(connect.connect_timeout.max(0.001));
@@ -244,16 +250,19 @@ async fn load(connect: &ConnectOpts, traffic: Option<&TrafficOpts>, plan: Plan) 
         let publishers = plan.publishers.len().max(1) as f64;
         let rate = t.rate.or(t.total_rate.map(|r| r / publishers));
         drain = Duration::from_secs_f64(t.drain.max(0.0));
+        let period = rate.filter(|r| *r > 0.0).map(|r| Duration::from_secs_f64(1.0 / r));
+        let first = match (period, t.phase_us) {
+            (Some(period), Some(offset)) => pace::on_grid(period, Duration::from_micros(offset))?,
+            _ => Instant::now(),
+        };
         for (i, (conn, topic)) in pubs.into_iter().zip(&plan.publishers).enumerate() {
-            let phase = rate
-                .filter(|r| *r > 0.0)
-                .map_or(Duration::ZERO, |r| Duration::from_secs_f64(i as f64 / publishers / r));
+            let phase = period.map_or(Duration::ZERO, |p| p.mul_f64(i as f64 / publishers));
             let p = PublisherPlan {
                 topic: topic.clone(),
                 qos: t.qos(),
                 size: t.size,
                 rate,
-                phase,
+                start: first + phase,
                 count: t.count,
                 deadline: duration.map(|d| start + d),
                 inflight: t.inflight,

@@ -131,6 +131,11 @@ pub(crate) struct TrafficOpts {
     /// what has not arrived by then is lost.
     #[arg(long, default_value_t = 2.0, value_name = "SECONDS")]
     pub(crate) drain: f64,
+    /// With a rate: send on the grid of the machine's monotonic clock, this many
+    /// microseconds after each multiple of the period. Generators in separate
+    /// processes then send at fixed offsets from one another (side-by-side latency).
+    #[arg(long, value_name = "MICROSECONDS")]
+    pub(crate) phase_us: Option<u64>,
 }
 
 /// `midge bench conn`.

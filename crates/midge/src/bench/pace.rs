@@ -75,6 +75,27 @@ impl Pacer {
     }
 }
 
+/// The first instant, a little ahead, that lies `offset` after a multiple of
+/// `period` on CLOCK_MONOTONIC. That clock is the machine's, not the
+/// process's: two generators that both start on the grid send at a fixed
+/// offset from one another, whenever each was started.
+#[cfg(target_os = "linux")]
+pub(crate) fn on_grid(period: Duration, offset: Duration) -> std::io::Result<Instant> {
+    // The clock first: `anchor` is then at or after `now`, and the instant
+    // returned at or after the grid's point.
+    let now = Duration::from(nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)?).as_nanos();
+    let anchor = Instant::now();
+    let period = period.as_nanos().max(1);
+    // Two periods ahead at least: the publishers are spawned after this.
+    let at = (now / period + 2) * period + offset.as_nanos() % period;
+    Ok(anchor + Duration::from_nanos((at - now) as u64))
+}
+
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn on_grid(_period: Duration, _offset: Duration) -> std::io::Result<Instant> {
+    Err(std::io::Error::new(std::io::ErrorKind::Unsupported, "--phase-us needs Linux's CLOCK_MONOTONIC"))
+}
+
 #[cfg(target_os = "linux")]
 mod precise {
     use std::os::fd::AsFd;
@@ -143,6 +164,28 @@ mod tests {
         assert!(!Pacer::new(start, None).is_precise());
         assert!(!Pacer::new(start, Some(10.0)).is_precise());
         assert_eq!(Pacer::new(start, Some(1000.0)).is_precise(), cfg!(target_os = "linux"));
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_start_on_the_grid_lies_ahead_at_the_offset_into_a_period() {
+        let period = Duration::from_secs(1);
+        for offset in [Duration::ZERO, Duration::from_millis(300), Duration::from_millis(1300)] {
+            let before = Instant::now();
+            let at = on_grid(period, offset).unwrap();
+            assert!(at >= before + period, "at least a period ahead, so the publishers start on it");
+            // Where `at` lies on CLOCK_MONOTONIC: the clock now, plus how far ahead `at` is.
+            let mono = Duration::from(nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).unwrap());
+            let on_clock = mono + at.saturating_duration_since(Instant::now());
+            let into_period = Duration::from_nanos((on_clock.as_nanos() % period.as_nanos()) as u64);
+            let wanted = Duration::from_nanos((offset.as_nanos() % period.as_nanos()) as u64);
+            // Off only by the moments between two readings of the clock.
+            let off = into_period.abs_diff(wanted);
+            assert!(
+                off < Duration::from_millis(100) || off > period - Duration::from_millis(100),
+                "offset {offset:?}: {into_period:?} into the period"
+            );
+        }
     }
 
     #[tokio::test]
