@@ -75,10 +75,12 @@ impl Pacer {
     }
 }
 
-/// The first instant, a little ahead, that lies `offset` after a multiple of
+/// The first instant from now on that lies `offset` after a multiple of
 /// `period` on CLOCK_MONOTONIC. That clock is the machine's, not the
 /// process's: two generators that both start on the grid send at a fixed
-/// offset from one another, whenever each was started.
+/// offset from one another, whenever each was started. (A first slot that
+/// has passed by the time its publisher starts is sent at once; the pacer's
+/// later slots are still on the grid.)
 #[cfg(target_os = "linux")]
 pub(crate) fn on_grid(period: Duration, offset: Duration) -> std::io::Result<Instant> {
     // The clock first: `anchor` is then at or after `now`, and the instant
@@ -86,8 +88,8 @@ pub(crate) fn on_grid(period: Duration, offset: Duration) -> std::io::Result<Ins
     let now = Duration::from(nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)?).as_nanos();
     let anchor = Instant::now();
     let period = period.as_nanos().max(1);
-    // Two periods ahead at least: the publishers are spawned after this.
-    let at = (now / period + 2) * period + offset.as_nanos() % period;
+    let offset = offset.as_nanos() % period;
+    let at = now.saturating_sub(offset).div_ceil(period) * period + offset;
     Ok(anchor + Duration::from_nanos((at - now) as u64))
 }
 
@@ -168,12 +170,12 @@ mod tests {
 
     #[cfg(target_os = "linux")]
     #[test]
-    fn a_start_on_the_grid_lies_ahead_at_the_offset_into_a_period() {
+    fn a_start_on_the_grid_lies_within_a_period_ahead_at_the_offset_into_it() {
         let period = Duration::from_secs(1);
         for offset in [Duration::ZERO, Duration::from_millis(300), Duration::from_millis(1300)] {
             let before = Instant::now();
             let at = on_grid(period, offset).unwrap();
-            assert!(at >= before + period, "at least a period ahead, so the publishers start on it");
+            assert!(at >= before && at <= Instant::now() + period, "within the period ahead");
             // Where `at` lies on CLOCK_MONOTONIC: the clock now, plus how far ahead `at` is.
             let mono = Duration::from(nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).unwrap());
             let on_clock = mono + at.saturating_duration_since(Instant::now());
