@@ -293,7 +293,7 @@ fn apply_config_file(args: &mut ServeArgs, matches: &clap::ArgMatches) -> anyhow
 /// with a single worker still keeps its work-stealing queues and times every
 /// batch of polls to tune itself: on one pinned CPU that was 18% of the
 /// instructions a lone message costs (callgrind, docs/PERFORMANCE.md).
-fn runtime(threads: usize) -> std::io::Result<(tokio::runtime::Runtime, usize)> {
+pub(crate) fn runtime(threads: usize) -> std::io::Result<(tokio::runtime::Runtime, usize)> {
     let threads = match threads {
         0 => std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
         n => n,

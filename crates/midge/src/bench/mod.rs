@@ -44,16 +44,10 @@ pub(crate) fn run(args: BenchArgs) -> anyhow::Result<()> {
             &a.connect
         }
     };
-    let threads =
-        connect.threads.map_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()), |t| t as usize);
     // The generator opens as many sockets as the broker accepts.
     crate::fdtable::presize();
-    let runtime = if threads <= 1 {
-        tokio::runtime::Builder::new_current_thread().enable_all().build()
-    } else {
-        tokio::runtime::Builder::new_multi_thread().worker_threads(threads).enable_all().build()
-    }
-    .context("starting the runtime")?;
+    // Chosen as for `midge serve`: none given is one thread per CPU it may use.
+    let (runtime, _) = crate::runtime(connect.threads.map_or(0, |t| t as usize)).context("starting the runtime")?;
     runtime.block_on(async move {
         match args.command {
             BenchCommand::Conn(a) => conn(a).await,
