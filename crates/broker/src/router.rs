@@ -7,6 +7,10 @@
 //! `+`, and `#` at each depth), so matching costs grow with the topic's depth
 //! and the number of matches, not with the number of subscriptions.
 
+// TEMP (lints branch): the string slices in Levels::next are the router
+// rewrite's to fix; this allowance is to be dropped at merge.
+#![allow(clippy::string_slice)]
+
 use std::collections::HashMap;
 
 use midge_codec::SubscriptionOptions;
