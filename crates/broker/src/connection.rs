@@ -421,8 +421,8 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     std::future::poll_fn(move |cx| {
-        while *written < wbuf.len() {
-            match Pin::new(&mut *stream).poll_write(cx, &wbuf[*written..]) {
+        while let Some(unwritten @ [_, ..]) = wbuf.get(*written..) {
+            match Pin::new(&mut *stream).poll_write(cx, unwritten) {
                 Poll::Ready(Ok(0)) => return Poll::Ready(Progress::Failed(std::io::ErrorKind::WriteZero.into())),
                 Poll::Ready(Ok(n)) => *written += n,
                 Poll::Ready(Err(e)) => return Poll::Ready(Progress::Failed(e)),
@@ -1506,22 +1506,24 @@ impl Conn {
     /// PUBACK (QoS 1) or PUBCOMP (QoS 2) ends a flow and frees its slot.
     fn complete_inflight(&mut self, id: PacketId, expected: InflightState, qos: QoS) {
         let mut state = self.session.state.lock();
-        if let Some(i) = state.inflight_position(id) {
-            let entry = &state.inflight[i];
-            if entry.state == expected && entry.delivery.qos == qos {
-                state.remove_inflight(i, self.shared.store());
-            }
+        if let Some(i) = state.inflight_position(id)
+            && let Some(entry) = state.inflight.get(i)
+            && entry.state == expected
+            && entry.delivery.qos == qos
+        {
+            state.remove_inflight(i, self.shared.store());
         }
     }
 
     /// PUBREC: the message is delivered; PUBREL follows. True if known.
     fn advance_to_pubrel(&mut self, id: PacketId) -> bool {
         let mut state = self.session.state.lock();
-        match state.inflight_position(id) {
-            Some(i) if state.inflight[i].delivery.qos == QoS::ExactlyOnce => {
-                state.inflight[i].state = InflightState::ExpectComp;
-                if let (Some(store), seq @ 1..) = (self.shared.store(), state.inflight[i].delivery.seq) {
-                    persist::put_inflight(store, state.sid, seq, id, InflightState::ExpectComp);
+        let sid = state.sid;
+        match state.inflight_position(id).and_then(|i| state.inflight.get_mut(i)) {
+            Some(entry) if entry.delivery.qos == QoS::ExactlyOnce => {
+                entry.state = InflightState::ExpectComp;
+                if let (Some(store), seq @ 1..) = (self.shared.store(), entry.delivery.seq) {
+                    persist::put_inflight(store, sid, seq, id, InflightState::ExpectComp);
                 }
                 true
             }
@@ -1603,7 +1605,7 @@ impl Conn {
                 }
                 Sendable::Run(run) => {
                     // One topic for the whole run: asked once.
-                    if !self.may_read(run.topic(), None, run.len()) {
+                    if !run.topic().is_some_and(|topic| self.may_read(topic, None, run.len())) {
                         continue;
                     }
                     for message in run.messages() {
