@@ -64,6 +64,9 @@ pub fn decode(
         remaining |= u32::from(byte & 0x7F) << (7 * (header_len - 1));
         header_len += 1;
         if byte & 0x80 == 0 {
+            if byte == 0 && header_len > 2 && version.is_v5() {
+                return Err(DecodeError::NonMinimalVarint);
+            }
             break;
         }
         if header_len == 5 {
@@ -192,13 +195,17 @@ impl Reader {
         Ok(u32::from_be_bytes(self.array()?))
     }
 
-    /// A Variable Byte Integer (v5 section 1.5.5).
+    /// A Variable Byte Integer (v5 section 1.5.5), in its shortest form
+    /// [MQTT-1.5.5-1]: only v5 packets carry them past the fixed header.
     fn varint(&mut self) -> Result<u32, DecodeError> {
         let mut value = 0u32;
         for i in 0..4 {
             let byte = self.u8()?;
             value |= u32::from(byte & 0x7F) << (7 * i);
             if byte & 0x80 == 0 {
+                if byte == 0 && i > 0 {
+                    return Err(DecodeError::NonMinimalVarint);
+                }
                 return Ok(value);
             }
         }
@@ -820,6 +827,10 @@ mod tests {
             assert!(r.is_empty());
         }
         assert_eq!(reader(&[0x80, 0x80, 0x80, 0x80, 0x01]).varint(), Err(DecodeError::MalformedRemainingLength));
+        // [MQTT-1.5.5-1]: 0 as 0x80 0x00, 127 as 0xFF 0x00.
+        assert_eq!(reader(&[0x80, 0x00]).varint(), Err(DecodeError::NonMinimalVarint));
+        assert_eq!(reader(&[0xFF, 0x80, 0x00]).varint(), Err(DecodeError::NonMinimalVarint));
+        assert_eq!(reader(&[0x80, 0x01]).varint(), Ok(128));
         assert_eq!(reader(&[0x80]).varint(), Err(DecodeError::UnexpectedEof));
     }
 

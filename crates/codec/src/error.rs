@@ -25,6 +25,11 @@ pub enum DecodeError {
     /// past its fourth byte (3.1.1 section 2.2.3, v5 section 1.5.5).
     #[error("variable byte integer longer than four bytes (MQTT 3.1.1 section 2.2.3)")]
     MalformedRemainingLength,
+    /// An MQTT 5 Variable Byte Integer in more bytes than its value needs
+    /// (a last byte of 0 after a continuation) [MQTT-1.5.5-1]. 3.1.1 states
+    /// no such rule, and such lengths are accepted there.
+    #[error("variable byte integer not in its shortest form [MQTT-1.5.5-1]")]
+    NonMinimalVarint,
     /// The packet type nibble is reserved: 0, or 15 in 3.x (which is
     /// reported as [`DecodeError::AuthOnV3`]).
     #[error("reserved control packet type {0} (MQTT 3.1.1 section 2.2.1)")]
@@ -160,6 +165,7 @@ impl DecodeError {
             | InvalidPropertyValue(_)
             | AuthenticationDataWithoutMethod => ReasonCode::ProtocolError,
             MalformedRemainingLength
+            | NonMinimalVarint
             | InvalidPacketType(_)
             | InvalidFixedHeaderFlags { .. }
             | InvalidQoS

@@ -105,6 +105,21 @@ fn remaining_length_of_five_bytes_is_malformed() {
     assert_eq!(decode(&mut buf, V311, NO_LIMIT), Err(DecodeError::MalformedRemainingLength));
 }
 
+/// [MQTT-1.5.5-1]: an MQTT 5 remaining length, property length or
+/// Subscription Identifier uses the fewest bytes its value needs; 3.1.1
+/// states no such rule, and its PINGREQ with length `0x80 0x00` is taken.
+#[test]
+fn a_non_minimal_variable_byte_integer_is_malformed_in_v5_only() {
+    let mut buf = BytesMut::from(&[0xC0, 0x80, 0x00][..]);
+    assert_eq!(decode(&mut buf, V5, NO_LIMIT), Err(DecodeError::NonMinimalVarint));
+    let mut buf = BytesMut::from(&[0xC0, 0x80, 0x00][..]);
+    assert_eq!(decode(&mut buf, V311, NO_LIMIT), Ok(Some(midge_codec::Packet::PingReq)));
+    // A PUBLISH whose property length 0 is written as 0x80 0x00.
+    let bytes = packet(0x30, &concat(&[&s(b"t"), &[0x80, 0x00]]));
+    assert_eq!(err(&bytes, V5), DecodeError::NonMinimalVarint);
+    assert_eq!(DecodeError::NonMinimalVarint.reason_code(), midge_codec::ReasonCode::MalformedPacket);
+}
+
 /// v5 section 1.5.5: a property length longer than four bytes is malformed.
 #[test]
 fn property_length_of_five_bytes_is_malformed() {
