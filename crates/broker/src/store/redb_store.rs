@@ -40,6 +40,13 @@ const COMPACT_AT_MOST: u64 = 256 * 1024 * 1024;
 /// Writes taken into one transaction at most, so one commit stays short.
 const MAX_BATCH: usize = 50_000;
 
+/// After a failed commit (a full disk, a file system gone read-only), how
+/// often the writer reopens the file and tries again.
+const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(1);
+
+/// While commits keep failing, how often the failure is logged again.
+const LOG_FAILURE_EVERY: Duration = Duration::from_secs(60);
+
 fn definition(table: Table) -> TableDefinition<'static, &'static [u8], &'static [u8]> {
     TableDefinition::new(table.name())
 }
@@ -59,6 +66,8 @@ enum Command {
     Barrier(oneshot::Sender<Result<(), String>>),
     Scan(Scan),
     Close(mpsc::Sender<Result<(), String>>),
+    /// The writer's own: commit what failed commits kept, with nothing new.
+    Retry,
 }
 
 /// Writes queued and writes made good, so that [`Store::durable`] can
@@ -77,8 +86,9 @@ pub struct RedbStore {
     path: PathBuf,
     policy: SyncPolicy,
     /// Shared by reads and the writer; the writer takes it alone only to
-    /// compact the file.
-    db: Arc<RwLock<Database>>,
+    /// compact the file, or to reopen it after an I/O error (`None` while
+    /// it cannot be reopened).
+    db: Arc<RwLock<Option<Database>>>,
     progress: Arc<Progress>,
     tx: Mutex<Option<Sender<Command>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
@@ -94,7 +104,7 @@ impl RedbStore {
     /// Opens (or creates) the store file at `path`. A file redb cannot
     /// read is an error, never an empty start.
     pub fn open(path: &Path, policy: SyncPolicy) -> Result<RedbStore, StoreError> {
-        let db = Database::builder().set_cache_size(CACHE_SIZE).create(path).map_err(|e| match e {
+        let db = open_file(path).map_err(|e| match e {
             redb::DatabaseError::DatabaseAlreadyOpen => StoreError(format!(
                 "the store {} is in use by another process (one broker per data directory)",
                 path.display()
@@ -111,7 +121,7 @@ impl RedbStore {
             txn.open_table(definition(table)).map_err(|e| StoreError(format!("store {}: {e}", path.display())))?;
         }
         txn.commit().map_err(|e| StoreError(format!("store {}: {e}", path.display())))?;
-        let db = Arc::new(RwLock::new(db));
+        let db = Arc::new(RwLock::new(Some(db)));
         let progress = Arc::new(Progress::default());
         let (tx, rx) = mpsc::channel();
         let writer = {
@@ -186,7 +196,8 @@ impl Store for RedbStore {
         end: Option<&[u8]>,
         visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
     ) -> Result<(), StoreError> {
-        read(&self.db.read(), table, start, end, visit)
+        available(&self.db.read())
+            .and_then(|db| read(db, table, start, end, visit))
             .map_err(|e| StoreError(format!("reading {} from {}: {e}", table.name(), self.path.display())))
     }
 
@@ -194,7 +205,7 @@ impl Store for RedbStore {
         let fail = |e: &dyn std::fmt::Display| {
             StoreError(format!("reading {} from {}: {e}", table.name(), self.path.display()))
         };
-        let txn = self.db.read().begin_read().map_err(|e| fail(&e))?;
+        let txn = available(&self.db.read()).map_err(|e| fail(&e))?.begin_read().map_err(|e| fail(&e))?;
         let t = txn.open_table(definition(table)).map_err(|e| fail(&e))?;
         let last = t.range(start..end).map_err(|e| fail(&e))?.next_back();
         match last {
@@ -238,6 +249,27 @@ impl Store for RedbStore {
     }
 }
 
+fn open_file(path: &Path) -> Result<Database, redb::DatabaseError> {
+    Database::builder().set_cache_size(CACHE_SIZE).create(path)
+}
+
+/// The open file, unless an I/O error closed it and it could not yet be
+/// reopened.
+fn available(db: &Option<Database>) -> Result<&Database, String> {
+    db.as_ref().ok_or_else(|| "the store is unavailable after an I/O error; retrying".to_owned())
+}
+
+/// Closes the file and opens it again: after an I/O error redb refuses
+/// every transaction until then ("previous I/O error"), so a store whose
+/// disk filled up would stay failed after space returned.
+fn reopen(db: &RwLock<Option<Database>>, path: &Path) -> Result<(), String> {
+    let mut db = db.write();
+    // The old handle must let go of the file before it can be opened again.
+    drop(db.take());
+    *db = Some(open_file(path).map_err(|e| e.to_string())?);
+    Ok(())
+}
+
 fn read(
     db: &Database,
     table: Table,
@@ -260,11 +292,13 @@ fn read(
     Ok(())
 }
 
-fn answer(db: &Database, scan: Scan) {
+fn answer(db: &Option<Database>, scan: Scan) {
     let mut found = Vec::new();
-    let result = read(db, scan.table, &scan.start, Some(&scan.end), &mut |key, value| {
-        found.push((key.to_vec(), Bytes::copy_from_slice(value)));
-        found.len() < scan.limit
+    let result = available(db).and_then(|db| {
+        read(db, scan.table, &scan.start, Some(&scan.end), &mut |key, value| {
+            found.push((key.to_vec(), Bytes::copy_from_slice(value)));
+            found.len() < scan.limit
+        })
     });
     let _ = scan.done.send(result.map(|()| found));
 }
@@ -276,7 +310,21 @@ fn answer(db: &Database, scan: Scan) {
 /// When deletes have freed much of the file and the store has been idle
 /// for a while, it compacts the file, so disk use follows the live data
 /// rather than the largest backlog there ever was.
-fn write_loop(db: &RwLock<Database>, path: &Path, rx: &Receiver<Command>, policy: SyncPolicy, progress: &Progress) {
+///
+/// A commit that fails (the disk is full, the file system went read-only)
+/// answers its barriers with the error, so nothing in it is acknowledged,
+/// and keeps its writes: they are committed, in order, with the next
+/// commit that succeeds. Until one does, the file is reopened and the
+/// commit retried every [`RETRY_AFTER_FAILURE`], so the store recovers by
+/// itself once space returns, with what it holds matching what the broker
+/// holds in memory.
+fn write_loop(
+    db: &RwLock<Option<Database>>,
+    path: &Path,
+    rx: &Receiver<Command>,
+    policy: SyncPolicy,
+    progress: &Progress,
+) {
     let flush_every = match policy {
         SyncPolicy::Always => None,
         SyncPolicy::Interval(every) => Some(every.max(Duration::from_millis(1))),
@@ -285,20 +333,29 @@ fn write_loop(db: &RwLock<Database>, path: &Path, rx: &Receiver<Command>, policy
     let mut unflushed = false;
     let mut last_flush = Instant::now();
     let mut batch = Vec::new();
+    // Writes in `batch`, counted into `progress.done` once committed.
+    let mut taken = 0;
     let mut barriers = Vec::new();
     let mut scans = Vec::new();
     let mut closing = None;
     // Deletes were committed since the file was last looked at for compaction.
     let mut deleted = false;
     let mut last_command = Instant::now();
+    // Since when commits have been failing, and when that was last logged.
+    let mut failing: Option<(Instant, Instant)> = None;
+    let mut last_retry = Instant::now();
     loop {
         let flush_in = flush_every.map(|every| every.saturating_sub(last_flush.elapsed()));
-        let wait = match (flush_in, deleted) {
+        let mut wait = match (flush_in, deleted) {
             (Some(flush), true) => Some(flush.min(IDLE_BEFORE_COMPACTING)),
             (Some(flush), false) => Some(flush),
             (None, true) => Some(IDLE_BEFORE_COMPACTING),
             (None, false) => None,
         };
+        if failing.is_some() {
+            let retry_in = RETRY_AFTER_FAILURE.saturating_sub(last_retry.elapsed());
+            wait = Some(wait.map_or(retry_in, |wait| wait.min(retry_in)));
+        }
         let first = match wait {
             None => rx.recv().ok(),
             Some(wait) => match rx.recv_timeout(wait) {
@@ -306,10 +363,14 @@ fn write_loop(db: &RwLock<Database>, path: &Path, rx: &Receiver<Command>, policy
                     last_command = Instant::now();
                     Some(command)
                 }
+                Err(RecvTimeoutError::Timeout) if failing.is_some() && last_retry.elapsed() >= RETRY_AFTER_FAILURE => {
+                    Some(Command::Retry)
+                }
                 Err(RecvTimeoutError::Timeout) => {
                     if flush_every.is_some_and(|every| last_flush.elapsed() >= every) {
                         if unflushed {
-                            let result = commit(&db.read(), &mut Vec::new(), Durability::Immediate);
+                            let result =
+                                available(&db.read()).and_then(|db| commit(db, &mut Vec::new(), Durability::Immediate));
                             if let Err(e) = result {
                                 tracing::error!("store flush failed: {e}");
                             }
@@ -318,7 +379,9 @@ fn write_loop(db: &RwLock<Database>, path: &Path, rx: &Receiver<Command>, policy
                         last_flush = Instant::now();
                     }
                     if deleted && last_command.elapsed() >= IDLE_BEFORE_COMPACTING {
-                        compact_if_worth_it(&mut db.write(), path);
+                        if let Some(db) = db.write().as_mut() {
+                            compact_if_worth_it(db, path);
+                        }
                         deleted = false;
                     }
                     continue;
@@ -328,11 +391,10 @@ fn write_loop(db: &RwLock<Database>, path: &Path, rx: &Receiver<Command>, policy
         };
         let Some(first) = first else {
             // Every sender is gone without a close: flush what there is.
-            let _ = commit(&db.read(), &mut batch, Durability::Immediate);
+            let _ = available(&db.read()).and_then(|db| commit(db, &mut batch, Durability::Immediate));
             return;
         };
         let mut next = Some(first);
-        let mut taken = 0;
         while let Some(command) = next {
             match command {
                 Command::Op(op) => {
@@ -342,6 +404,7 @@ fn write_loop(db: &RwLock<Database>, path: &Path, rx: &Receiver<Command>, policy
                 }
                 Command::Barrier(done) => barriers.push(done),
                 Command::Scan(scan) => scans.push(scan),
+                Command::Retry => {}
                 Command::Close(done) => {
                     closing = Some(done);
                     break;
@@ -352,7 +415,14 @@ fn write_loop(db: &RwLock<Database>, path: &Path, rx: &Receiver<Command>, policy
             }
             next = rx.try_recv().ok();
         }
+        if failing.is_some() && last_retry.elapsed() >= RETRY_AFTER_FAILURE {
+            last_retry = Instant::now();
+            if let Err(e) = reopen(db, path) {
+                tracing::debug!("store: reopening {} failed: {e}", path.display());
+            }
+        }
         let durable = closing.is_some()
+            || failing.is_some()
             || match flush_every {
                 None => true,
                 Some(every) => last_flush.elapsed() >= every,
@@ -360,18 +430,52 @@ fn write_loop(db: &RwLock<Database>, path: &Path, rx: &Receiver<Command>, policy
         let result = if batch.is_empty() && !(durable && unflushed) {
             Ok(())
         } else {
-            commit(&db.read(), &mut batch, if durable { Durability::Immediate } else { Durability::None })
+            available(&db.read())
+                .and_then(|db| commit(db, &mut batch, if durable { Durability::Immediate } else { Durability::None }))
         };
-        if result.is_ok() {
-            progress.done.fetch_add(taken, Ordering::SeqCst);
-        }
         match &result {
-            Ok(()) if durable => {
-                unflushed = false;
-                last_flush = Instant::now();
+            Ok(()) => {
+                progress.done.fetch_add(taken, Ordering::SeqCst);
+                taken = 0;
+                if let Some((since, _)) = failing.take() {
+                    tracing::info!(
+                        "store {} writes again, after failing for {} s",
+                        path.display(),
+                        since.elapsed().as_secs()
+                    );
+                }
+                if durable {
+                    unflushed = false;
+                    last_flush = Instant::now();
+                } else {
+                    unflushed = true;
+                }
             }
-            Ok(()) => unflushed = true,
-            Err(e) => tracing::error!("store commit failed: {e}; the writes in it are not acknowledged"),
+            Err(e) => match &mut failing {
+                None => {
+                    tracing::error!(
+                        "store {}: commit failed: {e}; the writes in it are not acknowledged, and are retried \
+                         every {} s",
+                        path.display(),
+                        RETRY_AFTER_FAILURE.as_secs()
+                    );
+                    failing = Some((Instant::now(), Instant::now()));
+                    // Reopened at the first retry, not now: a disk that is
+                    // full stays full for a moment.
+                    last_retry = Instant::now();
+                }
+                Some((since, logged)) => {
+                    if logged.elapsed() >= LOG_FAILURE_EVERY {
+                        *logged = Instant::now();
+                        tracing::error!(
+                            "store {}: commits have failed for {} s ({e}); {} writes wait",
+                            path.display(),
+                            since.elapsed().as_secs(),
+                            batch.len()
+                        );
+                    }
+                }
+            },
         }
         for done in barriers.drain(..) {
             let _ = done.send(result.clone());
@@ -428,6 +532,8 @@ fn compact_if_worth_it(db: &mut Database, path: &Path) {
     }
 }
 
+/// Commits `batch`, emptying it only once the commit succeeded: a failed
+/// one leaves every write in it for the next try.
 fn commit(db: &Database, batch: &mut Vec<StoreOp>, durability: Durability) -> Result<(), String> {
     let mut txn = db.begin_write().map_err(|e| e.to_string())?;
     txn.set_durability(durability).map_err(|e| e.to_string())?;
@@ -436,16 +542,16 @@ fn commit(db: &Database, batch: &mut Vec<StoreOp>, durability: Durability) -> Re
         for table in Table::ALL {
             tables.push((table, txn.open_table(definition(table)).map_err(|e| e.to_string())?));
         }
-        for op in batch.drain(..) {
+        for op in batch.iter() {
             match op {
                 StoreOp::Put(table, key, value) => {
-                    opened(&mut tables, table)?.insert(key.as_slice(), &value[..]).map_err(|e| e.to_string())?;
+                    opened(&mut tables, *table)?.insert(key.as_slice(), &value[..]).map_err(|e| e.to_string())?;
                 }
                 StoreOp::Delete(table, key) => {
-                    opened(&mut tables, table)?.remove(key.as_slice()).map_err(|e| e.to_string())?;
+                    opened(&mut tables, *table)?.remove(key.as_slice()).map_err(|e| e.to_string())?;
                 }
                 StoreOp::DeletePrefix(table, prefix) => {
-                    let t = opened(&mut tables, table)?;
+                    let t = opened(&mut tables, *table)?;
                     let mut end = prefix.clone();
                     // The smallest key after every key with the prefix (the
                     // prefixes used are session numbers, never all 0xFF).
@@ -457,7 +563,9 @@ fn commit(db: &Database, batch: &mut Vec<StoreOp>, durability: Durability) -> Re
             }
         }
     }
-    txn.commit().map_err(|e| e.to_string())
+    txn.commit().map_err(|e| e.to_string())?;
+    batch.clear();
+    Ok(())
 }
 
 /// The open table for `table` (every table is opened, so never an error).
