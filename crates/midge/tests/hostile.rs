@@ -33,9 +33,24 @@ use midge_test_support::{RawClient, RecvError, packet_type};
 /// v5 reason codes (MQTT 5.0 section 2.4).
 const MALFORMED_PACKET: u8 = 0x81;
 const PROTOCOL_ERROR: u8 = 0x82;
+const TOPIC_FILTER_INVALID: u8 = 0x8F;
 const TOPIC_NAME_INVALID: u8 = 0x90;
 const TOPIC_ALIAS_INVALID: u8 = 0x94;
 const PACKET_TOO_LARGE: u8 = 0x95;
+
+/// A topic name of `levels` levels: `a/a/…/a`.
+fn deep_topic(levels: usize) -> String {
+    let mut topic = "a/".repeat(levels - 1);
+    topic.push('a');
+    topic
+}
+
+/// A topic filter of `levels` levels: `+/+/…/+/#`.
+fn deep_filter(levels: usize) -> String {
+    let mut filter = "+/".repeat(levels - 1);
+    filter.push('#');
+    filter
+}
 
 /// A valid MQTT 3.1.1 CONNECT for a fresh client id.
 fn connect_v3() -> Vec<u8> {
@@ -487,6 +502,319 @@ mod packets {
         let second_v5 = V5Connect::new(unique("second")).will(Vec::new(), "t/second", REFUSED).build();
         expect_refused(&target, true, &second_v5, PROTOCOL_ERROR, "a second v5 CONNECT");
         target.check();
+    }
+}
+
+mod topics {
+    use super::*;
+
+    /// Subscribes `client` to `filter` and returns the SUBACK's codes (v5 or 3.1.1).
+    fn suback_codes(client: &mut RawClient, v5: bool, filters: &[&str]) -> Vec<u8> {
+        if v5 {
+            let filters: Vec<(&[u8], u8)> = filters.iter().map(|f| (f.as_bytes(), 1)).collect();
+            client.send(&v5::subscribe(9, &[], &filters));
+            let packet = client.expect_packet_within(WAIT);
+            v5::ack_codes(&packet).1
+        } else {
+            let filters: Vec<(&str, u8)> = filters.iter().map(|f| (*f, 1)).collect();
+            client.send(&build::subscribe(9, &filters));
+            client.expect_packet_within(WAIT).suback().unwrap_or_else(|e| panic!("{e}")).return_codes
+        }
+    }
+
+    /// A filter with more levels than `max_topic_levels` (default 128), or longer
+    /// than `max_topic_length`, is refused in the SUBACK: v5 0x8F (Topic Filter
+    /// invalid), 3.1.1 0x80 [MQTT-3.9.3-2]; the other filters of the SUBSCRIBE
+    /// are granted, the connection stays up, and a message on a topic the
+    /// refused filter would match reaches nobody through it.
+    #[test]
+    fn filters_beyond_the_topic_limits_are_refused_in_the_suback() {
+        let target = Target::start(&["--max-topic-length", "2000"]);
+        let too_long = format!("l/{}", "x".repeat(1999));
+        for v5 in [false, true] {
+            let refused = if v5 { TOPIC_FILTER_INVALID } else { 0x80 };
+            let mut client = if v5 { target.client_v5() } else { target.client() };
+            let codes = suback_codes(&mut client, v5, &[&deep_filter(129), "ok/#", &deep_filter(10_000), &too_long]);
+            assert_eq!(codes, [refused, 1, refused, refused], "v5: {v5}");
+            let at_limit = deep_filter(128);
+            assert_eq!(suback_codes(&mut client, v5, &[&at_limit]), [1], "128 levels are within the limit");
+            client.ping();
+        }
+        target.check();
+    }
+
+    /// An UNSUBSCRIBE of a filter beyond the limits: v5 UNSUBACK 0x8F; 3.1.1 an
+    /// UNSUBACK (which carries no codes) or a close — never a crash.
+    #[test]
+    fn unsubscribing_filters_beyond_the_topic_limits_is_refused() {
+        let target = Target::start(&[]);
+        let mut client = target.client_v5();
+        let deep = deep_filter(10_000);
+        client.send(&v5::unsubscribe(5, &[], &[deep.as_bytes(), deep_filter(129).as_bytes(), b"ok/#"]));
+        let (id, codes) = v5::ack_codes(&client.expect_packet_within(WAIT));
+        assert_eq!((id, codes), (5, vec![TOPIC_FILTER_INVALID, TOPIC_FILTER_INVALID, 0x11]));
+        let mut client = target.client();
+        client.send(&build::unsubscribe(5, &[&deep]));
+        match client.recv_packet(WAIT) {
+            Ok(packet) => assert_eq!(packet.unsuback(), Ok(5)),
+            Err(err) => assert!(err.is_closed(), "3.1.1 UNSUBSCRIBE of a deep filter: {err}"),
+        }
+        target.check();
+    }
+
+    /// A PUBLISH whose topic has more levels than `max_topic_levels`, or is longer
+    /// than `max_topic_length`: v5 QoS 1 gets PUBACK 0x90 (Topic Name invalid),
+    /// QoS 2 PUBREC 0x90, QoS 0 is dropped and the connection stays; 3.1.1 at any
+    /// QoS is closed. Retained or not, `#` receives none of it, and no retained
+    /// message is stored.
+    #[test]
+    fn publishes_beyond_the_topic_limits_are_refused() {
+        let target = Target::start(&["--max-topic-length", "2000"]);
+        let topics = [deep_topic(129), deep_topic(10_000), format!("l/{}", "x".repeat(1999))];
+        for topic in &topics {
+            let mut client = target.client_v5();
+            for retain in [0, 1] {
+                let mut qos1 = v5::publish(topic, 1, 11, &[], REFUSED);
+                qos1[0] |= retain;
+                client.send(&qos1);
+                let puback = client.expect_packet_within(WAIT);
+                assert_eq!((puback.packet_type(), v5::reason_code(&puback)), (packet_type::PUBACK, TOPIC_NAME_INVALID));
+                let mut qos2 = v5::publish(topic, 2, 12, &[], REFUSED);
+                qos2[0] |= retain;
+                client.send(&qos2);
+                let pubrec = client.expect_packet_within(WAIT);
+                assert_eq!((pubrec.packet_type(), v5::reason_code(&pubrec)), (packet_type::PUBREC, TOPIC_NAME_INVALID));
+                let mut qos0 = v5::publish(topic, 0, 0, &[], REFUSED);
+                qos0[0] |= retain;
+                client.send(&qos0);
+                client.ping();
+            }
+            for qos in 0..3 {
+                let mut publish = PublishPacket::new(topic, REFUSED);
+                if qos > 0 {
+                    publish = publish.qos(qos, 3);
+                }
+                let what = format!("3.1.1 QoS {qos} PUBLISH to a topic of {} bytes", topic.len());
+                expect_refused(&target, false, &publish.retain().build(), 0, &what);
+            }
+        }
+        assert!(retained(&target, "#").is_empty(), "a refused PUBLISH was retained");
+        target.check();
+    }
+
+    /// A will topic beyond the limits: v5 CONNACK 0x90 then close; 3.1.1 closed
+    /// without CONNACK. No will is ever published.
+    #[test]
+    fn wills_beyond_the_topic_limits_are_refused_at_connect() {
+        let target = Target::start(&["--max-topic-length", "2000"]);
+        for topic in [deep_topic(129), deep_topic(10_000), format!("l/{}", "x".repeat(1999))] {
+            let mut client = RawClient::connect(target.addr());
+            client.send(&V5Connect::new(unique("will")).will(Vec::new(), &topic, REFUSED).build());
+            let connack = client.expect_packet_within(WAIT);
+            assert_eq!((connack.packet_type(), v5::reason_code(&connack)), (packet_type::CONNACK, TOPIC_NAME_INVALID));
+            expect_closed(&mut client, "after CONNACK 0x90");
+            let mut client = RawClient::connect(target.addr());
+            client.send(&Connect::new(unique("will")).will(&topic, REFUSED, 1, true).build());
+            expect_closed_silently(&mut client, "3.1.1 CONNECT with a will topic beyond the limits");
+        }
+        target.check();
+    }
+
+    /// Retained messages the broker holds, as a new subscriber to `filter` gets
+    /// them: everything before a probe published after the SUBSCRIBE, which the
+    /// session's queue delivers after them.
+    fn retained(target: &Target, filter: &str) -> Vec<String> {
+        let mut client = target.client();
+        client.subscribe(1, &[(filter, 0)]);
+        let probe = unique("probe");
+        let mut prober = target.client();
+        prober.publish_qos1(&format!("probe/{probe}"), &probe, 1);
+        let mut found = Vec::new();
+        loop {
+            let publish = client.expect_publish();
+            if publish.payload == probe.as_bytes() {
+                return found;
+            }
+            if publish.retain {
+                found.push(format!(
+                    "{}… ({} bytes)",
+                    publish.topic.chars().take(20).collect::<String>(),
+                    publish.topic.len()
+                ));
+            }
+        }
+    }
+
+    /// The crash of issue 21 against a broker with default settings: clients
+    /// subscribe to a 10,000-level filter `+/+/…/#` (about 20 KB, under the
+    /// default maximum packet size) and close their sockets; others publish to
+    /// 10,000-level topics. Whatever the broker answers (a refusal, with the
+    /// default topic limits), it keeps serving.
+    #[test]
+    fn the_10000_level_subscribe_of_issue_21_does_not_stop_a_default_broker() {
+        let target = Target::start(&[]);
+        let filter = deep_filter(10_000);
+        let topic = deep_topic(10_000);
+        in_parallel(4, 4, |_| {
+            let mut client = target.client();
+            client.send(&build::subscribe(1, &[(&filter, 1)]));
+            // Granted or refused: either way the client vanishes right after.
+            let _ = client.recv_packet(WAIT);
+        });
+        in_parallel(4, 4, |i| {
+            let mut client = target.client();
+            let publish = PublishPacket::new(&topic, REFUSED);
+            let publish = if i % 2 == 0 { publish } else { publish.qos(1, 1) };
+            let _ = client.try_send(&publish.build());
+            let _ = client.recv_packet(Duration::from_millis(200));
+        });
+        target.check();
+    }
+
+    /// Topics and filters of 65,535 bytes, the longest a string can be
+    /// [MQTT-1.5.3] and within the default limits, in one level: subscribed,
+    /// published, retained and delivered.
+    #[test]
+    fn topics_and_filters_of_65535_bytes_are_served() {
+        let target = Target::start(&[]);
+        let topic = "x".repeat(65_535);
+        let mut subscriber = target.client();
+        assert_eq!(subscriber.subscribe(1, &[(&topic, 1)]), [1]);
+        let mut publisher = target.client();
+        publisher.send(&PublishPacket::new(&topic, b"long").qos(1, 1).retain().build());
+        assert_eq!(publisher.expect_puback(), 1);
+        let got = subscriber.expect_publish();
+        assert_eq!((got.topic.len(), got.payload.as_slice()), (65_535, b"long".as_slice()));
+        subscriber.send(&build::puback(got.id()));
+        assert_eq!(retained(&target, "#").len(), 1);
+        target.check();
+    }
+
+    /// The regression test of issue 21, with the limits raised so the deep
+    /// structures themselves are exercised: several clients subscribe to
+    /// 10,000- and 50,000-level filters, some vanish without DISCONNECT, some
+    /// unsubscribe, others publish to 10,000- and 50,000-level topics and set
+    /// wills on them; the live deep subscribers get their messages, and the broker
+    /// keeps serving.
+    #[test]
+    fn deep_filters_subscribed_then_dropped_and_deep_publishes_keep_the_broker_serving() {
+        let target = Target::start(&["--max-topic-levels", "100000"]);
+        let deep10k = deep_filter(10_000);
+        // 50,000 empty levels, the last a wildcard: `/…/+` (49,999 bytes).
+        let deep50k = format!("{}+", "/".repeat(49_999));
+        let topic10k = deep_topic(10_000);
+        let topic50k = format!("{}z", "/".repeat(49_999));
+        // Subscribers that vanish abruptly, in parallel.
+        in_parallel(8, 4, |i| {
+            let mut client = target.client();
+            let filter = if i % 2 == 0 { &deep10k } else { &deep50k };
+            assert_eq!(client.subscribe(1, &[(filter, 1), (&topic10k, 2)]), [1, 2]);
+            // Dropped without DISCONNECT.
+        });
+        let mut stay10k = target.client();
+        assert_eq!(stay10k.subscribe(1, &[(&deep10k, 1)]), [1]);
+        let mut stay50k = target.client_v5();
+        stay50k.send(&v5::subscribe(1, &[], &[(deep50k.as_bytes(), 1)]));
+        assert_eq!(v5::ack_codes(&stay50k.expect_packet_within(WAIT)).1, [1]);
+        let mut unsubscriber = target.client();
+        assert_eq!(unsubscriber.subscribe(1, &[(&deep50k, 0), (&deep10k, 0)]), [0, 0]);
+        unsubscriber.send(&build::unsubscribe(2, &[&deep50k, &deep10k]));
+        assert_eq!(unsubscriber.expect_unsuback(), 2);
+        // A will on a deep topic, published when its client vanishes.
+        let mut will = RawClient::connect(target.addr());
+        will.send(&Connect::new(unique("will")).will(&topic10k, b"deep will", 0, false).build());
+        assert_eq!(will.expect_connack().return_code, 0);
+        drop(will);
+        in_parallel(6, 3, |i| {
+            let mut publisher = target.client();
+            let topic = if i % 2 == 0 { &topic10k } else { &topic50k };
+            publisher.publish_qos1(topic, format!("deep {i}"), 1);
+            drop(publisher);
+        });
+        let mut got10k = 0;
+        let mut got_will = false;
+        while got10k < 3 || !got_will {
+            let publish = stay10k.expect_publish();
+            assert_eq!(publish.topic, topic10k);
+            if publish.payload == b"deep will" {
+                got_will = true;
+            } else {
+                got10k += 1;
+            }
+            if let Some(id) = publish.packet_id {
+                stay10k.send(&build::puback(id));
+            }
+        }
+        for _ in 0..3 {
+            let publish = stay50k.expect_packet_within(WAIT);
+            assert_eq!(publish.packet_type(), packet_type::PUBLISH, "{publish:?}");
+        }
+        drop(stay50k);
+        stay10k.disconnect();
+        target.check();
+        println!("deep filters: RSS growth {:.1} MB", target.rss_growth_mb());
+    }
+
+    /// Retained messages on 10,000-level and 65,535-level topics, then
+    /// subscribers with `#` and with a 10,000-level wildcard filter arrive and
+    /// get them; clearing them leaves nothing retained.
+    #[test]
+    fn deep_retained_messages_reach_late_wildcard_subscribers() {
+        let target = Target::start(&["--max-topic-levels", "100000"]);
+        let topic10k = deep_topic(10_000);
+        let topic65k = "/".repeat(65_534);
+        let mut publisher = target.client();
+        for (i, topic) in [&topic10k, &topic65k].into_iter().enumerate() {
+            publisher.send(&PublishPacket::new(topic, b"deep retained").qos(1, 1 + i as u16).retain().build());
+            assert_eq!(publisher.expect_puback(), 1 + i as u16);
+        }
+        assert_eq!(retained(&target, "#").len(), 2);
+        assert_eq!(retained(&target, &deep_filter(10_000)).len(), 1);
+        assert_eq!(retained(&target, &format!("{}#", "+/".repeat(30_000))).len(), 1);
+        for topic in [&topic10k, &topic65k] {
+            publisher.send(&PublishPacket::new(topic, b"").qos(1, 3).retain().build());
+            assert_eq!(publisher.expect_puback(), 3);
+        }
+        assert!(retained(&target, "#").is_empty());
+        target.check();
+    }
+
+    /// One SUBSCRIBE with 100,000 short filters, then one with 100,000 filters of
+    /// 16 levels: each SUBACK carries 100,000 codes [MQTT-3.8.4-5] (3.1.1:
+    /// [MQTT-3.9.3-1]), messages are routed through them, the broker keeps
+    /// serving, and its memory stays bounded.
+    #[test]
+    fn a_subscribe_with_100000_filters_gets_100000_codes() {
+        let target = Target::start(&["--max-packet-size", "16777216"]);
+        let short: Vec<String> = (0..100_000).map(|i| format!("t/{i}")).collect();
+        let deep: Vec<String> = (0..100_000).map(|i| format!("d/+/+/+/+/+/+/+/+/+/+/+/+/+/{}/{i}", i % 97)).collect();
+        let mut client = target.client();
+        for (filters, topic) in
+            [(&short, "t/99999".to_owned()), (&deep, format!("d/{}{}/99999", "q/".repeat(13), 99_999 % 97))]
+        {
+            let pairs: Vec<(&str, u8)> = filters.iter().map(|f| (f.as_str(), 0)).collect();
+            let started = Instant::now();
+            client.send(&build::subscribe(7, &pairs));
+            let suback =
+                client.expect_packet_within(Duration::from_secs(60)).suback().unwrap_or_else(|e| panic!("{e}"));
+            let took = started.elapsed();
+            assert_eq!(suback.return_codes.len(), 100_000);
+            assert!(suback.return_codes.iter().all(|&c| c == 0), "a filter was refused");
+            let mut publisher = target.client();
+            publisher.publish_qos1(&topic, b"through 100,000", 1);
+            let got = client.expect_packet_within(WAIT).publish().unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(got.topic, topic);
+            let memory = memory(target.pid());
+            println!(
+                "SUBSCRIBE with 100,000 filters like {:?}: SUBACK of 100,000 codes after {took:?}; broker RSS {} MB (growth {:.1} MB), peak {} MB",
+                filters[0],
+                memory.rss_kb / 1024,
+                target.rss_growth_mb(),
+                memory.hwm_kb / 1024
+            );
+            target.check();
+        }
+        assert!(target.rss_growth_mb() < 300.0, "RSS grew by {:.1} MB", target.rss_growth_mb());
     }
 }
 
