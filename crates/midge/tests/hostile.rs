@@ -624,11 +624,12 @@ mod topics {
     /// them: everything before a probe published after the SUBSCRIBE, which the
     /// session's queue delivers after them.
     fn retained(target: &Target, filter: &str) -> Vec<String> {
-        let mut client = target.client();
-        client.subscribe(1, &[(filter, 0)]);
         let probe = unique("probe");
+        let probe_topic = format!("probe/{probe}");
+        let mut client = target.client();
+        client.subscribe(1, &[(filter, 0), (&probe_topic, 0)]);
         let mut prober = target.client();
-        prober.publish_qos1(&format!("probe/{probe}"), &probe, 1);
+        prober.publish_qos1(&probe_topic, &probe, 1);
         let mut found = Vec::new();
         loop {
             let publish = client.expect_publish();
@@ -711,8 +712,10 @@ mod topics {
             assert_eq!(client.subscribe(1, &[(filter, 1), (&topic10k, 2)]), [1, 2]);
             // Dropped without DISCONNECT.
         });
+        // Exactly 10,000 levels, `+/…/+`: not the 50,000-level topic.
+        let exact10k = format!("{}+", "+/".repeat(9_999));
         let mut stay10k = target.client();
-        assert_eq!(stay10k.subscribe(1, &[(&deep10k, 1)]), [1]);
+        assert_eq!(stay10k.subscribe(1, &[(&exact10k, 1)]), [1]);
         let mut stay50k = target.client_v5();
         stay50k.send(&v5::subscribe(1, &[], &[(deep50k.as_bytes(), 1)]));
         assert_eq!(v5::ack_codes(&stay50k.expect_packet_within(WAIT)).1, [1]);
@@ -769,8 +772,11 @@ mod topics {
             assert_eq!(publisher.expect_puback(), 1 + i as u16);
         }
         assert_eq!(retained(&target, "#").len(), 2);
-        assert_eq!(retained(&target, &deep_filter(10_000)).len(), 1);
+        // `+/…/+/#` of 10,000 levels matches both; of 30,001 levels, only the deeper.
+        assert_eq!(retained(&target, &deep_filter(10_000)).len(), 2);
         assert_eq!(retained(&target, &format!("{}#", "+/".repeat(30_000))).len(), 1);
+        // Exactly 10,000 levels, the first a wildcard: only the 10,000-level topic.
+        assert_eq!(retained(&target, &format!("+{}", &topic10k[1..])).len(), 1);
         for topic in [&topic10k, &topic65k] {
             publisher.send(&PublishPacket::new(topic, b"").qos(1, 3).retain().build());
             assert_eq!(publisher.expect_puback(), 3);
@@ -1124,8 +1130,10 @@ mod memory {
             })
             .collect();
         let clients = Mutex::new(clients);
+        // 32 rounds of 64 KB each, paced: the claims stay open for a while.
         for _round in 0..32 {
             in_parallel(8, 8, |i| clients.lock().unwrap()[i].send(&chunk));
+            thread::sleep(Duration::from_millis(20));
         }
         // Every byte sent has been read (the socket buffers drain), or is about to be.
         let round_trip = target.check();
