@@ -28,7 +28,7 @@ use hostile_support::{
     expect_closed_v5_any, in_parallel, memory, round_trip, unique, v5,
 };
 use midge_test_support::build::{self, Connect, Publish as PublishPacket};
-use midge_test_support::{RawClient, RecvError, packet_type};
+use midge_test_support::{RawClient, RecvError, TempDir, packet_type};
 
 /// v5 reason codes (MQTT 5.0 section 2.4).
 const MALFORMED_PACKET: u8 = 0x81;
@@ -536,6 +536,9 @@ mod topics {
             let mut client = if v5 { target.client_v5() } else { target.client() };
             let codes = suback_codes(&mut client, v5, &[&deep_filter(129), "ok/#", &deep_filter(10_000), &too_long]);
             assert_eq!(codes, [refused, 1, refused, refused], "v5: {v5}");
+            // A shared subscription is measured by its filter.
+            let shared = format!("$share/g/{}", deep_filter(129));
+            assert_eq!(suback_codes(&mut client, v5, &[&shared]), [refused], "v5: {v5}");
             let at_limit = deep_filter(128);
             assert_eq!(suback_codes(&mut client, v5, &[&at_limit]), [1], "128 levels are within the limit");
             client.ping();
@@ -782,6 +785,34 @@ mod topics {
             assert_eq!(publisher.expect_puback(), 3);
         }
         assert!(retained(&target, "#").is_empty());
+        target.check();
+    }
+
+    /// ACL rules matched against 10,000-level topics and filters (limits
+    /// raised): a deep subscription is granted under `topic readwrite #`, a
+    /// deep PUBLISH under a `deny` rule is refused (v5 PUBACK ≥ 0x80) and
+    /// reaches nobody, an allowed one is delivered.
+    #[test]
+    fn acl_rules_match_deep_topics_and_filters() {
+        let dir = TempDir::new("acl");
+        let acl = dir.join("acl");
+        std::fs::write(&acl, "topic readwrite #\ntopic deny a/a/secret/#\npattern readwrite %c/#\n").unwrap();
+        let target = Target::start(&["--max-topic-levels", "100000", "--acl-file", acl.to_str().unwrap()]);
+        let mut subscriber = target.client_v5();
+        subscriber.send(&v5::subscribe(1, &[], &[(deep_filter(10_000).as_bytes(), 1)]));
+        assert_eq!(v5::ack_codes(&subscriber.expect_packet_within(WAIT)).1, [1]);
+        let mut publisher = target.client_v5();
+        let denied = format!("a/a/secret/{}", deep_topic(9_997));
+        publisher.send(&v5::publish(&denied, 1, 1, &[], REFUSED));
+        let puback = publisher.expect_packet_within(WAIT);
+        assert_eq!(puback.packet_type(), packet_type::PUBACK, "{puback:?}");
+        assert!(v5::reason_code(&puback) >= 0x80, "a denied deep PUBLISH was accepted: {puback:?}");
+        publisher.send(&v5::publish(deep_topic(10_000), 1, 2, &[], b"allowed"));
+        let puback = publisher.expect_packet_within(WAIT);
+        assert_eq!((puback.packet_type(), v5::reason_code(&puback)), (packet_type::PUBACK, 0));
+        let delivered = subscriber.expect_packet_within(WAIT);
+        assert_eq!(delivered.packet_type(), packet_type::PUBLISH, "{delivered:?}");
+        assert!(delivered.body.ends_with(b"allowed"), "{delivered:?}");
         target.check();
     }
 
