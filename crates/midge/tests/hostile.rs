@@ -816,6 +816,42 @@ mod topics {
         target.check();
     }
 
+    /// The store's records of deep topics (limits raised, persistence on): a
+    /// persistent session subscribed to a 10,000-level filter and a retained
+    /// message on a 10,000-level topic, queued for it while it is away, survive
+    /// a restart; the session gets its message and a late subscriber the
+    /// retained one.
+    #[test]
+    fn deep_retained_messages_and_sessions_survive_a_restart() {
+        let dir = TempDir::new("deep-store");
+        let data = dir.path().to_str().unwrap().to_owned();
+        let args = ["--data-dir", data.as_str(), "--max-topic-levels", "100000"];
+        let topic = deep_topic(10_000);
+        let session = Connect::new(unique("deep-session")).clean_session(false);
+        let mut target = Target::start(&args);
+        let (mut client, _) = RawClient::handshake(target.addr(), &session);
+        assert_eq!(client.subscribe(1, &[(&deep_filter(10_000), 1)]), [1]);
+        client.disconnect();
+        let mut publisher = target.client();
+        publisher.send(&PublishPacket::new(&topic, b"kept").qos(1, 1).retain().build());
+        assert_eq!(publisher.expect_puback(), 1);
+        publisher.disconnect();
+        target.check();
+        let status = target.broker.stop();
+        assert!(status.success(), "midge exited with {status:?}");
+        drop(target);
+
+        let target = Target::start(&args);
+        assert_eq!(retained(&target, &deep_filter(10_000)).len(), 1, "the deep retained message is gone");
+        let (mut client, connack) = RawClient::handshake(target.addr(), &session);
+        assert!(connack.session_present, "the session with a deep subscription is gone");
+        let queued = client.expect_publish();
+        assert_eq!((queued.topic.len(), queued.payload.as_slice()), (topic.len(), b"kept".as_slice()));
+        client.send(&build::puback(queued.id()));
+        client.disconnect();
+        target.check();
+    }
+
     /// One SUBSCRIBE with 100,000 short filters, then one with 100,000 filters of
     /// 16 levels: each SUBACK carries 100,000 codes [MQTT-3.8.4-5] (3.1.1:
     /// [MQTT-3.9.3-1]), messages are routed through them, the broker keeps

@@ -49,9 +49,11 @@ pub(crate) struct Target {
 }
 
 impl Target {
-    /// Starts `midge serve --in-memory ARGS…` with a watcher subscribed to `#`.
+    /// Starts `midge serve --in-memory ARGS…` (without `--in-memory` if ARGS
+    /// have `--data-dir`) with a watcher subscribed to `#`.
     pub(crate) fn start(args: &[&str]) -> Target {
-        let mut full = vec!["--in-memory"];
+        // In memory, unless the test gives the store a directory.
+        let mut full = if args.contains(&"--data-dir") { vec![] } else { vec!["--in-memory"] };
         full.extend_from_slice(args);
         let broker = Broker::start(env!("CARGO_BIN_EXE_midge"), &full);
         let watcher = Watcher::start(broker.addr());
