@@ -852,6 +852,45 @@ mod topics {
         target.check();
     }
 
+    /// Shared subscriptions and topic aliases over 10,000-level topics (limits
+    /// raised): three members share a deep filter and two vanish; a publisher
+    /// sets a topic alias for a deep topic and reuses it; the member left, which
+    /// accepts topic aliases from the broker, receives its share.
+    #[test]
+    fn deep_shared_subscriptions_and_topic_aliases_keep_the_broker_serving() {
+        let target = Target::start(&["--max-topic-levels", "100000"]);
+        let shared = format!("$share/deep/{}", deep_filter(10_000));
+        let member = |alias_maximum: u16| {
+            let connect = V5Connect::new(unique("member")).properties(v5::u16(v5::TOPIC_ALIAS_MAXIMUM, alias_maximum));
+            let mut client = hostile_support::connected_v5(target.addr(), &connect);
+            client.send(&v5::subscribe(1, &[], &[(shared.as_bytes(), 1)]));
+            assert_eq!(v5::ack_codes(&client.expect_packet_within(WAIT)).1, [1]);
+            client
+        };
+        let mut kept = member(5);
+        drop((member(0), member(5)));
+        let mut publisher = target.client_v5();
+        let topic = deep_topic(10_000);
+        publisher.send(&v5::publish(&topic, 1, 1, &v5::u16(v5::TOPIC_ALIAS, 7), b"shared"));
+        for id in 2..=12u16 {
+            publisher.send(&v5::publish("", 1, id, &v5::u16(v5::TOPIC_ALIAS, 7), b"shared"));
+        }
+        for id in 1..=12u16 {
+            let puback = publisher.expect_packet_within(WAIT);
+            assert_eq!((puback.packet_type(), &puback.body[..2]), (packet_type::PUBACK, &id.to_be_bytes()[..]));
+        }
+        // Round robin over three members, two of which may not be gone yet: the
+        // one left gets at least every third message.
+        for _ in 0..4 {
+            let publish = kept.expect_packet_within(WAIT);
+            assert_eq!(publish.packet_type(), packet_type::PUBLISH, "{publish:?}");
+            assert!(publish.body.ends_with(b"shared"), "{publish:?}");
+            let topic_len = usize::from(u16::from_be_bytes([publish.body[0], publish.body[1]]));
+            kept.send(&build::packet(0x40, &publish.body[2 + topic_len..4 + topic_len]));
+        }
+        target.check();
+    }
+
     /// One SUBSCRIBE with 100,000 short filters, then one with 100,000 filters of
     /// 16 levels: each SUBACK carries 100,000 codes [MQTT-3.8.4-5] (3.1.1:
     /// [MQTT-3.9.3-1]), messages are routed through them, the broker keeps
