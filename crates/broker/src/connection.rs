@@ -30,6 +30,7 @@ use tokio::time::Instant;
 
 use crate::auth::{AuthExchange, AuthStep, Check, ClientInfo, Verdict};
 use crate::broker::{Origin, Shared};
+use crate::config::TopicLimit;
 use crate::metrics::Metrics;
 use crate::outbox::Outbox;
 use crate::persist;
@@ -318,12 +319,32 @@ where
 }
 
 /// Answers CONNECT with a refusing CONNACK and closes [MQTT-3.2.2-6].
-async fn refuse<S: AsyncWrite + Unpin>(stream: &mut S, version: ProtocolVersion, reason_code: ReasonCode) {
+async fn refuse<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S, version: ProtocolVersion, reason_code: ReasonCode) {
     let mut out = BytesMut::new();
     if encode(&Packet::ConnAck(ConnAck { reason_code, ..Default::default() }), version, &mut out).is_ok() {
         let _ = stream.write_all(&out).await;
     }
     let _ = stream.shutdown().await;
+    linger(stream).await;
+}
+
+/// How long a connection the server ends goes on reading after its last
+/// packet and FIN, at most.
+const LINGER: Duration = Duration::from_secs(2);
+
+/// Reads and discards what the client still sends, until it closes or
+/// [`LINGER`] passes, before the socket is dropped. Closing a socket with
+/// unread input makes the kernel send a reset, which can overtake the
+/// DISCONNECT or CONNACK just written: the client would see a broken pipe
+/// instead of the reason (Paho's MQTT 5 flow-control test does). The write
+/// side is already shut, so a client that waits for EOF gets it at once.
+async fn linger<S: AsyncRead + Unpin>(stream: &mut S) {
+    // On the heap, and only here: a connection's future stays small.
+    let mut sink = vec![0u8; 4096];
+    let deadline = tokio::time::Instant::now() + LINGER;
+    while let Ok(Ok(n)) = tokio::time::timeout_at(deadline, stream.read(&mut sink)).await
+        && n > 0
+    {}
 }
 
 /// Room for the next read. A client's buffer stays small until it sends
@@ -400,8 +421,8 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     std::future::poll_fn(move |cx| {
-        while *written < wbuf.len() {
-            match Pin::new(&mut *stream).poll_write(cx, &wbuf[*written..]) {
+        while let Some(unwritten @ [_, ..]) = wbuf.get(*written..) {
+            match Pin::new(&mut *stream).poll_write(cx, unwritten) {
                 Poll::Ready(Ok(0)) => return Poll::Ready(Progress::Failed(std::io::ErrorKind::WriteZero.into())),
                 Poll::Ready(Ok(n)) => *written += n,
                 Poll::Ready(Err(e)) => return Poll::Ready(Progress::Failed(e)),
@@ -484,6 +505,16 @@ where
         && topic::validate_topic_name(&will.topic).is_err()
     {
         tracing::info!(%peer, client_id, "invalid will topic [MQTT-3.1.3-11]; closing");
+        if version.is_v5() {
+            Box::pin(refuse(&mut stream, version, ReasonCode::TopicNameInvalid)).await;
+        }
+        return None;
+    }
+    if let Some(will) = &connect.will
+        && let Err(limit) = shared.config.check_topic(&will.topic)
+    {
+        topic_refused(shared, &client_id, peer, "will topic", &will.topic, limit);
+        // 3.x has no CONNACK code for a topic: the connection is closed.
         if version.is_v5() {
             Box::pin(refuse(&mut stream, version, ReasonCode::TopicNameInvalid)).await;
         }
@@ -738,9 +769,16 @@ impl Conn {
                 self.send(&Packet::Disconnect(disconnect));
                 let _ = Box::pin(tokio::time::timeout(Duration::from_secs(1), stream.write_all(&self.wbuf))).await;
             }
+            // The server ends it: the client may still be sending. (Not at
+            // shutdown, which should not wait on clients.)
+            let ended_here =
+                !matches!(close, Close::PeerClosed | Close::Io(_) | Close::Disconnected(_) | Close::Shutdown);
             self.finish(close);
             let _ = Box::pin(stream.shutdown()).await;
             Metrics::dec(&self.shared.metrics.clients_connected);
+            if ended_here {
+                Box::pin(linger(&mut stream)).await;
+            }
         }
     }
 
@@ -1191,6 +1229,10 @@ impl Conn {
                 "empty topic name without a topic alias (v5 section 3.3.2.1)",
             ));
         }
+        if let Err(limit) = self.shared.config.check_topic(&publish.topic) {
+            self.refuse_publish_topic(&publish, limit)?;
+            return Ok(None);
+        }
         if !publish.properties.subscription_identifiers.is_empty() {
             return Err(Close::ProtocolViolation(
                 ReasonCode::ProtocolError,
@@ -1211,6 +1253,34 @@ impl Conn {
             Some(allowed) => self.publish_decided(publish, true, allowed).map(|()| None),
             None => Ok(Some(Deferred::Publish(publish))),
         }
+    }
+
+    /// Refuses a PUBLISH whose topic name is beyond the topic limits: v5
+    /// PUBACK/PUBREC 0x90 (Topic Name invalid) ends its flow, a v5 QoS 0
+    /// one is dropped, and 3.x, with no code to say it, loses the connection.
+    fn refuse_publish_topic(&mut self, publish: &Publish, limit: TopicLimit) -> Result<(), Close> {
+        topic_refused(&self.shared, &self.session.client_id, self.client.peer, "topic name", &publish.topic, limit);
+        if !self.version.is_v5() {
+            return Err(Close::ProtocolViolation(ReasonCode::TopicNameInvalid, limit.as_str()));
+        }
+        let ack = |id| {
+            let mut ack = PubAck::new(id);
+            ack.reason_code = ReasonCode::TopicNameInvalid;
+            ack
+        };
+        match (publish.qos, publish.packet_id) {
+            (QoS::AtMostOnce, _) => {}
+            (QoS::AtLeastOnce, Some(id)) => self.send(&Packet::PubAck(ack(id))),
+            // A PUBREC with an error ends the flow: no PUBREL follows (v5 section 4.3.3).
+            (QoS::ExactlyOnce, Some(id)) => self.send(&Packet::PubRec(ack(id))),
+            (_, None) => {
+                return Err(Close::ProtocolViolation(
+                    ReasonCode::ProtocolError,
+                    "QoS > 0 PUBLISH without packet id [MQTT-2.3.1-1]",
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Finishes a PUBLISH whose authorization has to be awaited.
@@ -1329,8 +1399,23 @@ impl Conn {
                 Ok(None) => topic::validate_topic_filter(&sub.topic_filter).is_ok(),
                 Err(_) => false,
             };
-            if !valid {
-                tracing::info!(client_id = %self.session.client_id, peer = %self.client.peer, filter = sub.topic_filter, "invalid topic filter [MQTT-4.7.1-1]");
+            let within = if valid { self.shared.config.check_topic(&sub.topic_filter) } else { Ok(()) };
+            if let Err(limit) = within {
+                topic_refused(
+                    &self.shared,
+                    &self.session.client_id,
+                    self.client.peer,
+                    "topic filter",
+                    &sub.topic_filter,
+                    limit,
+                );
+            }
+            if !valid || within.is_err() {
+                if valid {
+                    // Counted and logged above.
+                } else {
+                    tracing::info!(client_id = %self.session.client_id, peer = %self.client.peer, filter = sub.topic_filter, "invalid topic filter [MQTT-4.7.1-1]");
+                }
                 if self.version == ProtocolVersion::V3_1 {
                     // MQTT 3.1 SUBACK has no failure code.
                     return Err(Close::ProtocolViolation(
@@ -1394,7 +1479,18 @@ impl Conn {
             .topic_filters
             .iter()
             .map(|filter| {
-                if self.shared.unsubscribe(&self.session, filter) {
+                // Nothing so deep or long was subscribed: refused unsearched.
+                if let Err(limit) = self.shared.config.check_topic(filter) {
+                    topic_refused(
+                        &self.shared,
+                        &self.session.client_id,
+                        self.client.peer,
+                        "topic filter",
+                        filter,
+                        limit,
+                    );
+                    ReasonCode::TopicFilterInvalid
+                } else if self.shared.unsubscribe(&self.session, filter) {
                     ReasonCode::Success
                 } else {
                     ReasonCode::NoSubscriptionExisted
@@ -1410,22 +1506,24 @@ impl Conn {
     /// PUBACK (QoS 1) or PUBCOMP (QoS 2) ends a flow and frees its slot.
     fn complete_inflight(&mut self, id: PacketId, expected: InflightState, qos: QoS) {
         let mut state = self.session.state.lock();
-        if let Some(i) = state.inflight_position(id) {
-            let entry = &state.inflight[i];
-            if entry.state == expected && entry.delivery.qos == qos {
-                state.remove_inflight(i, self.shared.store());
-            }
+        if let Some(i) = state.inflight_position(id)
+            && let Some(entry) = state.inflight.get(i)
+            && entry.state == expected
+            && entry.delivery.qos == qos
+        {
+            state.remove_inflight(i, self.shared.store());
         }
     }
 
     /// PUBREC: the message is delivered; PUBREL follows. True if known.
     fn advance_to_pubrel(&mut self, id: PacketId) -> bool {
         let mut state = self.session.state.lock();
-        match state.inflight_position(id) {
-            Some(i) if state.inflight[i].delivery.qos == QoS::ExactlyOnce => {
-                state.inflight[i].state = InflightState::ExpectComp;
-                if let (Some(store), seq @ 1..) = (self.shared.store(), state.inflight[i].delivery.seq) {
-                    persist::put_inflight(store, state.sid, seq, id, InflightState::ExpectComp);
+        let sid = state.sid;
+        match state.inflight_position(id).and_then(|i| state.inflight.get_mut(i)) {
+            Some(entry) if entry.delivery.qos == QoS::ExactlyOnce => {
+                entry.state = InflightState::ExpectComp;
+                if let (Some(store), seq @ 1..) = (self.shared.store(), entry.delivery.seq) {
+                    persist::put_inflight(store, sid, seq, id, InflightState::ExpectComp);
                 }
                 true
             }
@@ -1507,7 +1605,7 @@ impl Conn {
                 }
                 Sendable::Run(run) => {
                     // One topic for the whole run: asked once.
-                    if !self.may_read(run.topic(), None, run.len()) {
+                    if !run.topic().is_some_and(|topic| self.may_read(topic, None, run.len())) {
                         continue;
                     }
                     for message in run.messages() {
@@ -1746,4 +1844,13 @@ fn publish_view<'a>(
         subscription_identifiers,
         ..PublishView::new(&message.topic, &message.payload)
     }
+}
+
+/// Counts and logs a topic name or filter refused for its depth or length.
+/// The topic itself is not logged: it may be 64 KiB of a peer's choosing.
+fn topic_refused(shared: &Shared, client_id: &str, peer: SocketAddr, what: &str, topic: &str, limit: TopicLimit) {
+    Metrics::inc(&shared.metrics.topics_refused);
+    let levels = topic.bytes().filter(|&b| b == b'/').count() + 1;
+    let prefix = topic.char_indices().nth(64).map_or(topic, |(end, _)| topic.get(..end).unwrap_or(topic));
+    tracing::info!(client_id, %peer, bytes = topic.len(), levels, prefix, "{what} beyond {}; refused", limit.as_str());
 }

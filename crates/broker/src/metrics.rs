@@ -42,6 +42,9 @@ pub struct Metrics {
     pub login_failures: AtomicU64,
     /// Logins refused unchecked because their address failed too often.
     pub logins_throttled: AtomicU64,
+    /// Topic names and filters refused for exceeding `max_topic_levels` or
+    /// `max_topic_length` (in PUBLISH, SUBSCRIBE, UNSUBSCRIBE or a will).
+    pub topics_refused: AtomicU64,
     /// Connections closed for a protocol violation or malformed packet.
     pub protocol_errors: AtomicU64,
 }

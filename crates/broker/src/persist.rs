@@ -79,7 +79,7 @@ pub(crate) fn stored_form(message: &Message) -> &Bytes {
             qos: message.qos,
             retain: message.retain,
             topic: message.topic.clone(),
-            packet_id: (message.qos != QoS::AtMostOnce).then(|| PacketId::new(1).expect("1 is not 0")),
+            packet_id: (message.qos != QoS::AtMostOnce).then_some(PacketId::MIN),
             properties: message.properties.as_deref().cloned().unwrap_or_default(),
             payload: message.payload.clone(),
         };
@@ -352,11 +352,8 @@ fn read_inflight(mut buf: Bytes) -> Result<(PacketId, InflightState), String> {
 }
 
 fn split_key(key: &[u8]) -> Result<(u64, &[u8]), String> {
-    if key.len() < 8 {
-        return Err("short key".into());
-    }
-    let (sid, rest) = key.split_at(8);
-    Ok((u64::from_be_bytes(sid.try_into().expect("8 bytes")), rest))
+    let (sid, rest) = key.split_first_chunk().ok_or("short key")?;
+    Ok((u64::from_be_bytes(*sid), rest))
 }
 
 fn u64_of(rest: &[u8]) -> Result<u64, String> {
@@ -469,8 +466,8 @@ pub(crate) fn load(store: &dyn Store, window: usize) -> Result<Recovered, StoreE
     for (key, _) in store.load(Table::AwaitingRel)? {
         let (sid, rest) = split_key(&key).map_err(|e| bad(Table::AwaitingRel, &key, e))?;
         let id = u16::from_be_bytes(rest.try_into().map_err(|_| bad(Table::AwaitingRel, &key, "bad key".into()))?);
-        if let Some(&i) = index.get(&sid) {
-            sessions[i].awaiting_rel.push(id);
+        if let Some(session) = index.get(&sid).and_then(|&i| sessions.get_mut(i)) {
+            session.awaiting_rel.push(id);
         }
     }
     let mut retained = Vec::new();

@@ -133,16 +133,17 @@ impl RunCopies {
         &self.messages
     }
 
-    /// The topic all its messages share; a run is never empty.
-    pub(crate) fn topic(&self) -> &MqttStr {
-        &self.messages[0].topic
+    /// The topic all its messages share (a run is never empty, so `None`
+    /// never comes).
+    pub(crate) fn topic(&self) -> Option<&MqttStr> {
+        self.messages.first().map(|first| &first.topic)
     }
 
     /// Keeps the first `n` copies. They get a list of their own: a
     /// session's queue must not keep alive more messages than it counts.
     fn truncate(&mut self, n: usize) {
-        if n < self.messages.len() {
-            self.messages = self.messages[..n].iter().cloned().collect();
+        if let Some((kept, [_, ..])) = self.messages.split_at_checked(n) {
+            self.messages = kept.iter().cloned().collect();
         }
     }
 
@@ -154,8 +155,10 @@ impl RunCopies {
     /// The copies one by one, as a session that must store them needs them.
     fn into_deliveries(self) -> impl Iterator<Item = Delivery> {
         let RunCopies { messages, retain_as_published, subscription_ids } = self;
-        (0..messages.len()).map(move |i| {
-            Delivery::routed(messages[i].clone(), QoS::AtMostOnce, retain_as_published, subscription_ids.clone())
+        // By index: the iterator must own the shared list it walks.
+        (0..messages.len()).filter_map(move |i| {
+            let message = messages.get(i)?.clone();
+            Some(Delivery::routed(message, QoS::AtMostOnce, retain_as_published, subscription_ids.clone()))
         })
     }
 }

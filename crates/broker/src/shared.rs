@@ -72,7 +72,7 @@ impl SharedGroup {
             return None;
         }
         let n = candidates.len();
-        let online = |i: usize| candidates[i % n].0.0.is_online();
+        let online = |i: usize| candidates.get(i % n).is_some_and(|(m, _)| m.0.is_online());
         let chosen = match strategy {
             SharedStrategy::Sticky => {
                 let mut sticky = self.sticky.lock();
@@ -83,7 +83,7 @@ impl SharedGroup {
                 }
                 let start = self.cursor.fetch_add(1, Ordering::Relaxed);
                 let i = (start..start + n).find(|&i| online(i)).unwrap_or(start) % n;
-                *sticky = Some(candidates[i].0.clone());
+                *sticky = candidates.get(i).map(|(m, _)| m.clone());
                 i
             }
             SharedStrategy::RoundRobin => {
@@ -95,11 +95,12 @@ impl SharedGroup {
                 i
             }
             SharedStrategy::Random => {
-                let start = self.next_random() as usize;
+                // Reduced first: a random start near usize::MAX would overflow `start + n`.
+                let start = self.next_random() as usize % n;
                 (start..start + n).find(|&i| online(i)).unwrap_or(start) % n
             }
         };
-        Some((candidates[chosen].0.clone(), candidates[chosen].1))
+        candidates.get(chosen).map(|(m, grant)| (m.clone(), *grant))
     }
 
     /// xorshift64*: enough to spread messages, no `rand` dependency.

@@ -40,7 +40,7 @@ fn publish_all(shared: &Shared) {
     let get = Metrics::get;
     let connected = get(&m.clients_connected);
     let total = shared.session_count() as u64;
-    let values: [(&'static str, u64); 21] = [
+    let values: [(&'static str, u64); 22] = [
         ("$SYS/broker/clients/connected", connected),
         ("$SYS/broker/clients/active", connected),
         ("$SYS/broker/clients/total", total.max(connected)),
@@ -62,6 +62,7 @@ fn publish_all(shared: &Shared) {
         ("$SYS/broker/publish/messages/denied", get(&m.publish_denied)),
         ("$SYS/broker/subscriptions/denied", get(&m.subscribe_denied)),
         ("$SYS/broker/deliveries/denied", get(&m.delivery_denied)),
+        ("$SYS/broker/topics/refused", get(&m.topics_refused)),
     ];
     publish(shared, "$SYS/broker/uptime", format!("{} seconds", shared.started.elapsed().as_secs()));
     for (topic, value) in values {

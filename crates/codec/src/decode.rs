@@ -309,12 +309,11 @@ const KNOWN_PROPERTIES: u64 = bits(&[
     0x23, 0x24, 0x25, 0x26, 0x27, 0x28, 0x29, 0x2A,
 ]);
 
-const fn bits(ids: &[u8]) -> u64 {
+const fn bits(mut ids: &[u8]) -> u64 {
     let mut mask = 0;
-    let mut i = 0;
-    while i < ids.len() {
-        mask |= 1 << ids[i];
-        i += 1;
+    while let [id, rest @ ..] = ids {
+        mask |= 1 << *id;
+        ids = rest;
     }
     mask
 }

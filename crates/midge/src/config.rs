@@ -19,6 +19,8 @@ pub(crate) struct ConfigFile {
     pub(crate) max_queued_messages: Option<usize>,
     pub(crate) max_queued_in_memory: Option<u64>,
     pub(crate) max_packet_size: Option<u32>,
+    pub(crate) max_topic_levels: Option<u32>,
+    pub(crate) max_topic_length: Option<u16>,
     pub(crate) topic_alias_maximum: Option<u16>,
     pub(crate) max_keep_alive: Option<u16>,
     pub(crate) shared_strategy: Option<SharedStrategyArg>,

@@ -91,6 +91,15 @@ struct ServeArgs {
     /// Largest packet accepted from a client, in bytes.
     #[arg(long, default_value_t = 1024 * 1024, value_parser = clap::value_parser!(u32).range(16..=268_435_460))]
     max_packet_size: u32,
+    /// Most levels a topic name or filter may have; deeper ones are refused
+    /// (MQTT 5: SUBACK 0x8F, PUBACK 0x90; 3.1.1: SUBACK 0x80, or the
+    /// connection is closed for a PUBLISH or will).
+    #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..))]
+    max_topic_levels: u32,
+    /// Longest topic name or filter in bytes; longer ones are refused as
+    /// too-deep ones are.
+    #[arg(long, default_value_t = 65535, value_parser = clap::value_parser!(u16).range(1..))]
+    max_topic_length: u16,
     /// Topic aliases an MQTT 5 client may use towards the broker; 0 turns them off.
     #[arg(long, default_value_t = 10)]
     topic_alias_maximum: u16,
@@ -254,6 +263,7 @@ fn apply_config_file(args: &mut ServeArgs, matches: &clap::ArgMatches) -> anyhow
     take!(sys_interval, max_inflight, max_queued_messages, max_packet_size, topic_alias_maximum, max_keep_alive);
     take!(shared_strategy, log_level, allow_anonymous, webhook_timeout_ms, webhook_cache_seconds);
     take!(data_dir, in_memory, sync, sync_interval_ms, max_queued_in_memory, threads);
+    take!(max_topic_levels, max_topic_length);
     if !given("webhook_checks")
         && let Some(checks) = file.webhook_checks
     {
@@ -276,6 +286,9 @@ fn apply_config_file(args: &mut ServeArgs, matches: &clap::ArgMatches) -> anyhow
     }
     if args.max_inflight == 0 {
         anyhow::bail!("max_inflight must be at least 1");
+    }
+    if args.max_topic_levels == 0 || args.max_topic_length == 0 {
+        anyhow::bail!("max_topic_levels and max_topic_length must be at least 1");
     }
     if !(16..=268_435_460).contains(&args.max_packet_size) {
         anyhow::bail!("max_packet_size must be between 16 and 268435460");
@@ -320,6 +333,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             max_queued_in_memory: usize::try_from(args.max_queued_in_memory).unwrap_or(usize::MAX),
             max_packet_size: args.max_packet_size,
             topic_alias_maximum: args.topic_alias_maximum,
+            max_topic_levels: usize::try_from(args.max_topic_levels).unwrap_or(usize::MAX),
+            max_topic_length: usize::from(args.max_topic_length),
             shared_strategy: args.shared_strategy.into(),
             max_keep_alive: args.max_keep_alive,
             sys_interval: (args.sys_interval > 0).then(|| Duration::from_secs(args.sys_interval)),

@@ -178,3 +178,29 @@ fn an_unsupported_authentication_method_gets_connack_0x8c() {
 fn a_silent_v5_client_gets_disconnect_0x8d_after_one_and_a_half_keep_alives() {
     run_scenario("keep_alive_timeout");
 }
+
+/// A client that goes on sending after it broke Receive Maximum still reads
+/// DISCONNECT 0x93: the server shuts its side and reads on for a moment
+/// instead of resetting the connection [MQTT-3.3.4-9] [MQTT-4.13.2-1].
+#[test]
+fn a_client_still_sending_reads_why_it_was_disconnected() {
+    run_scenario("receive_maximum_flood");
+}
+
+/// Filters and topic names deeper than `max_topic_levels` (128 by default)
+/// are refused with SUBACK 0x8F, PUBACK/PUBREC 0x90 and CONNACK 0x90 for a
+/// will (3.1.1: SUBACK 0x80, a closed connection), counted in `$SYS`, and
+/// never delivered.
+#[test]
+fn topics_beyond_the_depth_limit_are_refused_with_the_v5_codes() {
+    run_scenario_with("topic_limits", &["--sys-interval", "1"]);
+}
+
+/// Issue 21's crash: one 10,000-level SUBSCRIBE overflowed the broker's
+/// stack. With the depth limit raised out of the way, 10,000- and
+/// 30,000-level filters are subscribed, dropped by vanishing and leaving
+/// clients, matched and retained, and the broker keeps serving.
+#[test]
+fn deep_filters_subscribed_dropped_and_matched_do_not_crash_the_broker() {
+    run_scenario_with("deep_structures", &["--max-topic-levels", "100000"]);
+}

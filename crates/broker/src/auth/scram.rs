@@ -55,6 +55,10 @@ impl fmt::Debug for ScramCredentials {
 }
 
 fn hmac(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
+    // HMAC takes keys of any length (RFC 2104 hashes long ones, pads short
+    // ones): hmac 0.13's new_from_slice has no error path, only the
+    // signature of a trait made for fixed-size-key MACs.
+    #[allow(clippy::expect_used)]
     let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(key).expect("HMAC takes a key of any length");
     for part in parts {
         mac.update(part);
@@ -265,14 +269,17 @@ fn client_final(
 fn decode_saslname(s: &str) -> Option<String> {
     let mut out = String::with_capacity(s.len());
     let mut rest = s;
-    while let Some(i) = rest.find('=') {
-        out.push_str(&rest[..i]);
-        match rest.get(i..i + 3) {
-            Some("=2C") => out.push(','),
-            Some("=3D") => out.push('='),
-            _ => return None,
-        }
-        rest = &rest[i + 3..];
+    while let Some((plain, escaped)) = rest.split_once('=') {
+        out.push_str(plain);
+        rest = if let Some(after) = escaped.strip_prefix("2C") {
+            out.push(',');
+            after
+        } else if let Some(after) = escaped.strip_prefix("3D") {
+            out.push('=');
+            after
+        } else {
+            return None;
+        };
     }
     out.push_str(rest);
     (!out.is_empty()).then_some(out)
@@ -383,5 +390,10 @@ mod tests {
             assert!(matches!(exchange.advance(bad.as_bytes()), Err(Failure::Malformed(_))), "{bad}");
         }
         assert_eq!(decode_saslname("a=2Cb=3Dc").as_deref(), Some("a,b=c"));
+        assert_eq!(decode_saslname("=2C=3D").as_deref(), Some(",="));
+        // A cut or unknown escape, even one ending inside a character.
+        for bad in ["a=", "a=2", "a=2c", "a=é", "a=2é", "=3", ""] {
+            assert_eq!(decode_saslname(bad), None, "{bad}");
+        }
     }
 }

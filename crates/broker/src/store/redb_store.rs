@@ -434,19 +434,18 @@ fn commit(db: &Database, batch: &mut Vec<StoreOp>, durability: Durability) -> Re
     {
         let mut tables = Vec::with_capacity(Table::ALL.len());
         for table in Table::ALL {
-            tables.push(txn.open_table(definition(table)).map_err(|e| e.to_string())?);
+            tables.push((table, txn.open_table(definition(table)).map_err(|e| e.to_string())?));
         }
-        let index = |table: Table| Table::ALL.iter().position(|t| *t == table).expect("every table is listed");
         for op in batch.drain(..) {
             match op {
                 StoreOp::Put(table, key, value) => {
-                    tables[index(table)].insert(key.as_slice(), &value[..]).map_err(|e| e.to_string())?;
+                    opened(&mut tables, table)?.insert(key.as_slice(), &value[..]).map_err(|e| e.to_string())?;
                 }
                 StoreOp::Delete(table, key) => {
-                    tables[index(table)].remove(key.as_slice()).map_err(|e| e.to_string())?;
+                    opened(&mut tables, table)?.remove(key.as_slice()).map_err(|e| e.to_string())?;
                 }
                 StoreOp::DeletePrefix(table, prefix) => {
-                    let t = &mut tables[index(table)];
+                    let t = opened(&mut tables, table)?;
                     let mut end = prefix.clone();
                     // The smallest key after every key with the prefix (the
                     // prefixes used are session numbers, never all 0xFF).
@@ -459,6 +458,12 @@ fn commit(db: &Database, batch: &mut Vec<StoreOp>, durability: Durability) -> Re
         }
     }
     txn.commit().map_err(|e| e.to_string())
+}
+
+/// The open table for `table` (every table is opened, so never an error).
+fn opened<T>(tables: &mut [(Table, T)], table: Table) -> Result<&mut T, String> {
+    let found = tables.iter_mut().find(|(t, _)| *t == table).map(|(_, open)| open);
+    found.ok_or_else(|| format!("the {} table is not open", table.name()))
 }
 
 #[cfg(test)]

@@ -573,7 +573,167 @@ def keep_alive_timeout(host, port):
     check(1.0 <= waited <= 2.5, f"after 1.5 x keep alive [MQTT-3.1.2-22] (took {waited:.2f} s)")
 
 
+def receive_maximum_flood(host, port):
+    """Paho's MQTT 5 flow-control interoperability test, made harder: the
+    client goes on sending after it broke Receive Maximum, so the server
+    closes with unread input. Without the server's linger the kernel resets
+    the socket and the reset overtakes the DISCONNECT: the client sees a
+    broken pipe, not the reason [MQTT-3.3.4-9]."""
+    sock = raw_v5_session(host, port)
+    t = topic().encode()
+    packets = []
+    # QoS 2 publishes, never released: the 21st is one more than Receive Maximum (20).
+    for packet_id in range(1, 41):
+        body = len(t).to_bytes(2, "big") + t + packet_id.to_bytes(2, "big") + b"\x00" + b"x" * 100
+        packets.append(bytes([0x34, len(body)]) + body)
+    sock.sendall(b"".join(packets))
+    # Keep sending (QoS 0, 16 KiB each, 1 MiB in all) while the server
+    # answers and closes, as a client that has not read the answer yet would.
+    body = len(t).to_bytes(2, "big") + t + b"\x00" + b"y" * 16_000
+    filler = bytes([0x30]) + bytes([0x80 | (len(body) & 0x7F), len(body) >> 7]) + body
+    for _ in range(64):
+        try:
+            sock.sendall(filler)
+        except (BrokenPipeError, ConnectionResetError) as err:
+            raise Failure(f"the server reset the connection while the client was still sending ({err})") from None
+    check(True, "the client sent 1 MiB more without a reset")
+    data = b""
+    try:
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    except ConnectionResetError:
+        raise Failure(f"connection reset after {len(data)} bytes: the reason was lost") from None
+    # PUBRECs for the first 20, then DISCONNECT 0x93 Receive Maximum exceeded.
+    kinds = [(first >> 4, body[:1]) for first, body in split_packets(data)]
+    check(kinds[:20] == [(5, b"\x00")] * 20, f"the first 20 publishes got PUBREC ({kinds[:22]})")
+    check((14, b"\x93") in kinds, f"the client read DISCONNECT 0x93 Receive Maximum exceeded ({kinds[20:]})")
+
+
+def split_packets(data):
+    """(first byte, body) of each whole MQTT packet in `data`."""
+    packets, at = [], 0
+    while at < len(data):
+        length, shift, i = 0, 0, at + 1
+        while i < len(data):
+            length |= (data[i] & 0x7F) << shift
+            shift += 7
+            i += 1
+            if not data[i - 1] & 0x80:
+                break
+        packets.append((data[at], data[i : i + length]))
+        at = i + length
+    return packets
+
+
+def deep_name(levels, word="a"):
+    return "/".join([word] * levels)
+
+
+def topic_limits(host, port):
+    """max_topic_levels (default 128): deeper filters and names are refused
+    with the v5 codes, counted, and never delivered."""
+    base = topic()
+    watcher = Peer(host, port)
+    watcher.subscribe(f"{base}/#")
+    deep_topic = base + "/" + deep_name(200)
+    deep_filter = base + "/" + deep_name(10_000, "+") + "/#"
+    ok_topic = base + "/" + deep_name(125)
+
+    peer = Peer(host, port)
+    peer.client.subscribe(deep_filter, options=SubscribeOptions(qos=1))
+    _, rcs = peer.wait("subscribe")
+    check([rc.value for rc in rcs] == [0x8F], f"a 10,000-level filter gets SUBACK 0x8F Topic Filter invalid ({rcs})")
+    peer.client.subscribe([(deep_name(129, "+"), SubscribeOptions(qos=1)), (f"{base}/+/#", SubscribeOptions(qos=1))])
+    _, rcs = peer.wait("subscribe")
+    check([rc.value for rc in rcs] == [0x8F, 1], f"one SUBSCRIBE: 129 levels refused, a normal filter granted ({rcs})")
+    rc = peer.publish(deep_topic, b"too deep", qos=1)
+    check(rc.value == 0x90, f"a 201-level topic gets PUBACK 0x90 Topic Name invalid ({rc})")
+    raw = raw_v5_session(host, port)
+    name = deep_topic.encode()
+    body = len(name).to_bytes(2, "big") + name + b"\x00\x07\x00" + b"too deep"
+    raw.sendall(bytes([0x34, 0x80 | (len(body) & 0x7F), len(body) >> 7]) + body)
+    pubrec = recv_exactly(raw, 5)
+    check(pubrec == b"\x50\x03\x00\x07\x90", f"and PUBREC 0x90 at QoS 2, which ends the flow ({pubrec!r})")
+    peer.client.publish(deep_topic, b"too deep", qos=0)
+    peer.wait("publish")  # paho reports a QoS 0 publish once written
+    peer.publish(ok_topic, b"deep enough", qos=1)
+    msg = watcher.wait("message")
+    check(msg.topic == ok_topic and msg.payload == b"deep enough", f"a 126-level topic is delivered ({len(msg.topic)} bytes)")
+    watcher.nothing("message", timeout=0.5)
+    check(True, "no refused message reached a subscriber of #")
+
+
+    # A will topic beyond the limit: CONNACK 0x90.
+    sock = socket.create_connection((host, port), timeout=TIMEOUT)
+    will_topic = deep_name(300).encode()
+    client_id = b"deep-will"
+    body = (b"\x00\x04MQTT\x05\x06\x00\x3c\x00" + len(client_id).to_bytes(2, "big") + client_id
+            + b"\x00" + len(will_topic).to_bytes(2, "big") + will_topic + b"\x00\x01w")
+    sock.sendall(bytes([0x10, 0x80 | (len(body) & 0x7F), len(body) >> 7]) + body)
+    connack = recv_exactly(sock, 5)
+    check(connack == b"\x20\x03\x00\x90\x00", f"a 300-level will topic gets CONNACK 0x90 ({connack!r})")
+    check(sock.recv(16) == b"", "and the connection is closed")
+
+    old = Peer(host, port, v311=True)
+    old.client.subscribe(deep_filter, qos=1)
+    _, rcs = old.wait("subscribe")
+    check([rc.value for rc in rcs] == [0x80], f"a 3.1.1 client's deep filter gets SUBACK 0x80 ({rcs})")
+    old.client.publish(deep_topic, b"too deep", qos=1)
+    rc = old.wait("disconnect")
+    check(True, f"a 3.1.1 client's deep PUBLISH closes its connection ({rc})")
+    watcher.nothing("message", timeout=0.5)
+    peer.publish(ok_topic, b"still serving", qos=1)
+    check(watcher.wait("message").payload == b"still serving", "the broker goes on serving")
+    counter = Peer(host, port)
+    counter.subscribe("$SYS/broker/topics/refused")
+    refused = int(counter.wait("message").payload)
+    check(refused >= 7, f"$SYS/broker/topics/refused counts them ({refused})")
+
+
+def deep_structures(host, port):
+    """The regression test of issue 21 (one 10,000-level SUBSCRIBE overflowed
+    the broker's stack), with --max-topic-levels raised so the deep filters
+    reach the topic index: several clients subscribe to 10,000- and
+    30,000-level filters, some vanish, some leave cleanly, some stay;
+    deep retained messages are set and found; the broker keeps serving."""
+    base = topic()
+    for levels in (10_000, 30_000):
+        plus = base + "/" + deep_name(levels, "+") + "/#"
+        literal = base + "/" + deep_name(levels)
+        stay = Peer(host, port)
+        stay.subscribe(plus)
+        stay.subscribe(literal)
+        vanishing = Peer(host, port)
+        vanishing.subscribe(plus)
+        vanishing.subscribe(literal + "/#")
+        leaving = Peer(host, port, v311=True)
+        leaving.subscribe(literal)
+        vanishing.vanish()
+        leaving.close()
+        pub = Peer(host, port)
+        pub.publish(literal, b"deep", qos=1, retain=True)
+        got = stay.wait("message")
+        check(got.topic == literal and got.payload == b"deep", f"a {levels}-level topic reached a {levels}-level subscriber")
+        late = Peer(host, port)
+        late.subscribe(base + "/" + deep_name(levels // 2, "+") + "/#")
+        check(late.wait("message").retain, f"a wildcard subscriber arriving later gets the deep retained message")
+        pub.publish(literal, b"", qos=1, retain=True)
+        stay.close()
+        late.close()
+        pub.close()
+    fresh = Peer(host, port, v311=True)
+    fresh.subscribe(f"{base}/x")
+    Peer(host, port).publish(f"{base}/x", b"alive", qos=1)
+    check(fresh.wait("message").payload == b"alive", "the broker keeps serving")
+
+
 SCENARIOS = {
+    "receive_maximum_flood": receive_maximum_flood,
+    "topic_limits": topic_limits,
+    "deep_structures": deep_structures,
     "keep_alive_timeout": keep_alive_timeout,
     "unsupported_auth_method": unsupported_auth_method,
     "server_keep_alive": server_keep_alive,
