@@ -12,10 +12,6 @@
 //! `Drop` all loop, with an explicit stack where a walk branches. A
 //! 100,000-level filter costs heap, never stack.
 
-// TEMP (lints branch): the string slices in Levels::next are the router
-// rewrite's to fix; this allowance is to be dropped at merge.
-#![allow(clippy::string_slice)]
-
 use std::collections::HashMap;
 
 use midge_codec::SubscriptionOptions;
