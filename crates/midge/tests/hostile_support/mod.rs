@@ -31,6 +31,10 @@ pub(crate) const REFUSED: &[u8] = b"refused-by-midge";
 /// may be compiling on both cores.
 pub(crate) const WAIT: Duration = Duration::from_secs(10);
 
+/// The most any test lets the broker's RSS grow, in MB: 100,000
+/// subscriptions of 16 levels take about 100 MB in a debug build.
+pub(crate) const MAX_RSS_GROWTH_MB: f64 = 250.0;
+
 /// A fresh client id on every call, for the many clients a test opens.
 pub(crate) fn unique(prefix: &str) -> String {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
@@ -86,8 +90,12 @@ impl Target {
     /// 3. The watcher, subscribed to `#` since before the attack, receives a
     ///    sentinel published after it — so everything routed before has reached
     ///    it — and none of what it received carried [`REFUSED`].
+    /// 4. The broker's RSS has grown by less than [`MAX_RSS_GROWTH_MB`] since
+    ///    it started (tests that load it bound it more tightly themselves).
     pub(crate) fn check(&self) -> Duration {
         self.assert_alive();
+        let grown = self.rss_growth_mb();
+        assert!(grown < MAX_RSS_GROWTH_MB, "the broker's RSS grew by {grown:.1} MB; {}", self.state());
         let round_trip = round_trip(self.addr()).unwrap_or_else(|why| {
             panic!("after the attack, a fresh client gets no round trip: {why}; {}", self.state())
         });
