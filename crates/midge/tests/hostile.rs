@@ -1255,29 +1255,48 @@ mod memory {
         target.check();
     }
 
-    /// A client that sends a valid CONNECT, then a PUBLISH header claiming 1,000
-    /// bytes and one byte every 500 ms, is closed within a bounded time by the
-    /// per-packet deadline (Mosquitto never closes such a connection).
+    /// Clients that send a valid CONNECT, then a PUBLISH header claiming 1,000
+    /// bytes and one byte every 500 ms — or one byte of a fixed header and
+    /// nothing more — are closed by the per-packet deadline (`--packet-timeout
+    /// 2`: two seconds, plus one per KiB declared) within a bounded time, eight
+    /// at once, while the broker serves others. Mosquitto never closes them.
     #[test]
     #[ignore = "needs the per-packet deadline (issue 21)"]
-    fn a_client_trickling_one_byte_every_500_ms_is_closed() {
-        let target = Target::start(&[]);
-        let mut client = target.client();
-        client.send(&[0x30, 0xE8, 0x07]);
-        let started = Instant::now();
-        let bound = Duration::from_secs(40);
-        loop {
-            if client.try_send(b"x").is_err() {
-                break;
+    fn clients_trickling_a_packet_are_closed_by_the_packet_deadline() {
+        let target = Target::start(&["--packet-timeout", "2"]);
+        let bound = Duration::from_secs(15);
+        let closed_after = Mutex::new(Vec::new());
+        thread::scope(|scope| {
+            for i in 0..8 {
+                let (target, closed_after) = (&target, &closed_after);
+                scope.spawn(move || {
+                    let mut client = target.client();
+                    let trickle = i % 2 == 0;
+                    client.send(if trickle { &[0x30, 0xE8, 0x07][..] } else { &[0x30][..] });
+                    let started = Instant::now();
+                    loop {
+                        if trickle && client.try_send(b"x").is_err() {
+                            break;
+                        }
+                        match client.recv_packet(Duration::from_millis(500)) {
+                            Err(RecvError::TimedOut) => {}
+                            Err(err) if err.is_closed() => break,
+                            other => panic!("a trickling client got {other:?}"),
+                        }
+                        assert!(started.elapsed() < bound, "a trickling client is still connected after {bound:?}");
+                    }
+                    closed_after.lock().unwrap().push(started.elapsed());
+                });
             }
-            match client.recv_packet(Duration::from_millis(500)) {
-                Err(RecvError::TimedOut) => {}
-                Err(err) if err.is_closed() => break,
-                other => panic!("a trickling client got {other:?}"),
-            }
-            assert!(started.elapsed() < bound, "a client trickling 1 byte / 500 ms is still connected after {bound:?}");
-        }
-        println!("a trickling client was closed after {:?}", started.elapsed());
+            // Served meanwhile.
+            target.check();
+        });
+        let closed_after = closed_after.into_inner().unwrap();
+        println!("8 trickling clients closed after {closed_after:?} (--packet-timeout 2)");
+        assert!(
+            closed_after.iter().all(|d| *d >= Duration::from_millis(1500)),
+            "closed before the deadline: {closed_after:?}"
+        );
         target.check();
     }
 }
