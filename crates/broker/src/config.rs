@@ -43,6 +43,12 @@ pub struct BrokerConfig {
     pub shared_strategy: SharedStrategy,
     /// How long a new connection may take to send CONNECT.
     pub connect_timeout: Duration,
+    /// How long a packet that has begun to arrive may take to arrive whole,
+    /// plus a second per KiB of its declared length (default 30 s; `None`:
+    /// no limit). Keep-alive counts bytes, not packets, so without it a
+    /// client sending a byte now and then would hold its connection, and a
+    /// buffer of up to `max_packet_size`, forever.
+    pub packet_timeout: Option<Duration>,
     /// How often `$SYS` topics are published; `None` disables them.
     pub sys_interval: Option<Duration>,
     /// Response Information for v5 clients that ask for it (Request Response
@@ -67,6 +73,7 @@ impl Default for BrokerConfig {
             shared_strategy: SharedStrategy::RoundRobin,
             max_keep_alive: u16::MAX,
             connect_timeout: Duration::from_secs(10),
+            packet_timeout: Some(Duration::from_secs(30)),
             sys_interval: Some(Duration::from_secs(10)),
             response_information: None,
             login_limits: LoginLimits::default(),

@@ -50,6 +50,12 @@ enum Close {
     Io(std::io::Error),
     /// No packet within 1.5 × keep-alive [MQTT-3.1.2-24].
     KeepAliveTimeout,
+    /// A packet begun was not whole in time (see `Conn::track_partial`).
+    PacketTimeout {
+        waited: Duration,
+        have: usize,
+        declared: Option<usize>,
+    },
     Malformed(DecodeError),
     /// A well-formed packet that breaks a rule; the text names the rule,
     /// the code is what a v5 client is told.
@@ -70,6 +76,7 @@ impl Close {
             Close::Malformed(e) => Some(e.to_string()),
             Close::ProtocolViolation(_, rule) => Some((*rule).to_owned()),
             Close::KeepAliveTimeout => Some("keep-alive expired".to_owned()),
+            Close::PacketTimeout { waited, .. } => Some(format!("packet not completed within {} s", waited.as_secs())),
             Close::Kicked(_) => Some("another connection took over the session".to_owned()),
             Close::Shutdown => Some("server shutting down".to_owned()),
             Close::ReauthFailed(_) => Some("re-authentication failed".to_owned()),
@@ -84,6 +91,8 @@ impl Close {
         match self {
             Close::Disconnected(_) | Close::PeerClosed | Close::Io(_) => None,
             Close::KeepAliveTimeout => Some(ReasonCode::KeepAliveTimeout),
+            // MQTT 5 has no code for a packet too slow to arrive.
+            Close::PacketTimeout { .. } => Some(ReasonCode::UnspecifiedError),
             Close::Malformed(e) => Some(e.reason_code()),
             Close::ProtocolViolation(code, _) => Some(*code),
             Close::Kicked(_) => Some(ReasonCode::SessionTakenOver),
@@ -803,6 +812,9 @@ impl Conn {
             let far = Duration::from_secs(86400 * 365);
             let timer = tokio::time::sleep(keep_alive.unwrap_or(far));
             tokio::pin!(timer);
+            // When the packet now arriving in pieces began, if one is: it
+            // must be whole by `packet_due`, or the connection is closed.
+            let mut packet_start: Option<Instant> = None;
             let mut busy = false;
             // Told to go before serving started: by shutdown (which signals
             // only connections attached when it began) or a takeover.
@@ -811,9 +823,11 @@ impl Conn {
             }
             // Clients may send packets right behind CONNECT without waiting
             // for CONNACK (section 3.1.4); they may already be buffered.
+            let before = rbuf.len();
             if let Err(close) = self.handle_input(rbuf).await {
                 return close;
             }
+            self.track_partial(rbuf, before, &mut packet_start, timer.as_mut());
             // Anything already queued for a resumed session goes out now.
             self.drain();
             loop {
@@ -865,9 +879,9 @@ impl Conn {
                                 woken = true;
                                 continue;
                             }
-                            _ = &mut timer, if keep_alive.is_some() => {
-                                if keep_alive_expired(timer.as_mut(), last_packet, keep_alive) {
-                                    return Close::KeepAliveTimeout;
+                            _ = &mut timer, if keep_alive.is_some() || packet_start.is_some() => {
+                                if let Some(close) = self.timer_fired(timer.as_mut(), last_packet, keep_alive, packet_start, rbuf) {
+                                    return close;
                                 }
                                 continue;
                             }
@@ -898,9 +912,11 @@ impl Conn {
                         signal.wake();
                     }
                     if read_meanwhile {
+                        let before = rbuf.len();
                         if let Err(close) = self.handle_input(rbuf).await {
                             return close;
                         }
+                        self.track_partial(rbuf, before, &mut packet_start, timer.as_mut());
                         self.drain();
                         continue;
                     }
@@ -912,7 +928,7 @@ impl Conn {
                     biased;
                     read = read_some(stream, rbuf) => Event::Read(read),
                     _ = signal.notified() => Event::Signal,
-                    _ = &mut timer, if keep_alive.is_some() => Event::Timer,
+                    _ = &mut timer, if keep_alive.is_some() || packet_start.is_some() => Event::Timer,
                 };
                 match event {
                     Event::Read(Ok(0)) => return Close::PeerClosed,
@@ -921,9 +937,11 @@ impl Conn {
                         Metrics::add(&self.shared.metrics.bytes_received, n as u64);
                         last_packet = Instant::now();
                         self.routed = 0;
+                        let before = rbuf.len();
                         if let Err(close) = self.handle_input(rbuf).await {
                             return close;
                         }
+                        self.track_partial(rbuf, before, &mut packet_start, timer.as_mut());
                         if self.routed == 1 && !self.wbuf.is_empty() {
                             // A lone message: deliveries before acknowledgements,
                             // as Mosquitto orders them. Yielding lets the woken
@@ -945,14 +963,79 @@ impl Conn {
                         }
                     }
                     Event::Timer => {
-                        if keep_alive_expired(timer.as_mut(), last_packet, keep_alive) {
-                            return Close::KeepAliveTimeout;
+                        if let Some(close) =
+                            self.timer_fired(timer.as_mut(), last_packet, keep_alive, packet_start, rbuf)
+                        {
+                            return close;
                         }
                     }
                 }
                 self.drain();
             }
         }
+    }
+
+    /// Starts, keeps or ends the deadline of the packet that `rbuf` holds
+    /// the first part of, after handling took the whole ones (`rbuf` held
+    /// `before` bytes). A packet must be whole within `packet_timeout` plus a
+    /// second per KiB it declares: keep-alive counts bytes, so without this a
+    /// client trickling a byte at a time would hold its connection forever.
+    fn track_partial(
+        &self,
+        rbuf: &BytesMut,
+        before: usize,
+        start: &mut Option<Instant>,
+        timer: std::pin::Pin<&mut tokio::time::Sleep>,
+    ) {
+        let Some(timeout) = self.shared.config.packet_timeout else { return };
+        if rbuf.is_empty() {
+            *start = None;
+            return;
+        }
+        // A packet was taken whole: what is left began with this read.
+        if start.is_none() || rbuf.len() < before {
+            *start = Some(Instant::now());
+        }
+        if let Some(start) = *start {
+            let due = packet_due(start, timeout, rbuf);
+            if due < timer.deadline() {
+                timer.reset(due);
+            }
+        }
+    }
+
+    /// The timer fired: ends the connection if keep-alive expired
+    /// [MQTT-3.1.2-24] or the packet under way is overdue, else re-arms it
+    /// for the earlier of the two.
+    fn timer_fired(
+        &self,
+        mut timer: std::pin::Pin<&mut tokio::time::Sleep>,
+        last_packet: Instant,
+        keep_alive: Option<Duration>,
+        packet_start: Option<Instant>,
+        rbuf: &BytesMut,
+    ) -> Option<Close> {
+        let now = Instant::now();
+        let mut next = now + Duration::from_secs(86400 * 365);
+        if let (Some(start), Some(timeout)) = (packet_start, self.shared.config.packet_timeout) {
+            let due = packet_due(start, timeout, rbuf);
+            if now >= due {
+                return Some(Close::PacketTimeout {
+                    waited: now - start,
+                    have: rbuf.len(),
+                    declared: declared_length(rbuf),
+                });
+            }
+            next = next.min(due);
+        }
+        if let Some(period) = keep_alive {
+            if now >= last_packet + period {
+                return Some(Close::KeepAliveTimeout);
+            }
+            next = next.min(last_packet + period);
+        }
+        timer.as_mut().reset(next);
+        None
     }
 
     /// Handles every complete packet in `rbuf`, then the step of a
@@ -1738,6 +1821,11 @@ impl Conn {
                 tracing::info!(%client_id, %peer, "keep-alive expired [MQTT-3.1.2-24]; closing");
                 true
             }
+            Close::PacketTimeout { waited, have, declared } => {
+                Metrics::inc(&self.shared.metrics.packet_timeouts);
+                tracing::info!(%client_id, %peer, ?waited, have, declared, "packet not completed in time; closing");
+                true
+            }
             Close::Malformed(e) => {
                 Metrics::inc(&self.shared.metrics.protocol_errors);
                 tracing::warn!(%client_id, %peer, error = %e, "malformed packet; closing");
@@ -1768,19 +1856,27 @@ impl Conn {
     }
 }
 
-/// True once `period` has passed since the last packet; otherwise the
-/// timer, which fired early because it is pushed back lazily, is re-armed.
-fn keep_alive_expired(
-    timer: std::pin::Pin<&mut tokio::time::Sleep>,
-    last_packet: Instant,
-    period: Option<Duration>,
-) -> bool {
-    let Some(period) = period else { return false };
-    if last_packet.elapsed() >= period {
-        return true;
+/// The remaining length a packet's fixed header declares, once its bytes
+/// are in `buf`.
+fn declared_length(buf: &[u8]) -> Option<usize> {
+    let mut length = 0;
+    for (i, &byte) in buf.iter().skip(1).take(4).enumerate() {
+        length |= usize::from(byte & 0x7F) << (7 * i);
+        if byte & 0x80 == 0 {
+            return Some(length);
+        }
     }
-    timer.reset(last_packet + period);
-    false
+    None
+}
+
+/// The bytes per second a packet arriving in pieces is granted on top of
+/// `packet_timeout`: a second per KiB it declares.
+const PACKET_MIN_RATE: u64 = 1024;
+
+/// When a packet that began at `start` must be whole.
+fn packet_due(start: Instant, timeout: Duration, rbuf: &[u8]) -> Instant {
+    let declared = declared_length(rbuf).map_or(0, |n| n as u64);
+    start + timeout + Duration::from_secs(declared / PACKET_MIN_RATE)
 }
 
 /// The close for a kick.

@@ -45,6 +45,9 @@ pub struct Metrics {
     /// Topic names and filters refused for exceeding `max_topic_levels` or
     /// `max_topic_length` (in PUBLISH, SUBSCRIBE, UNSUBSCRIBE or a will).
     pub topics_refused: AtomicU64,
+    /// Connections closed because a packet they began did not arrive whole
+    /// in time (`packet_timeout`).
+    pub packet_timeouts: AtomicU64,
     /// Connections closed for a protocol violation or malformed packet.
     pub protocol_errors: AtomicU64,
 }

@@ -40,7 +40,7 @@ fn publish_all(shared: &Shared) {
     let get = Metrics::get;
     let connected = get(&m.clients_connected);
     let total = shared.session_count() as u64;
-    let values: [(&'static str, u64); 22] = [
+    let values: [(&'static str, u64); 23] = [
         ("$SYS/broker/clients/connected", connected),
         ("$SYS/broker/clients/active", connected),
         ("$SYS/broker/clients/total", total.max(connected)),
@@ -63,6 +63,7 @@ fn publish_all(shared: &Shared) {
         ("$SYS/broker/subscriptions/denied", get(&m.subscribe_denied)),
         ("$SYS/broker/deliveries/denied", get(&m.delivery_denied)),
         ("$SYS/broker/topics/refused", get(&m.topics_refused)),
+        ("$SYS/broker/packets/timed out", get(&m.packet_timeouts)),
     ];
     publish(shared, "$SYS/broker/uptime", format!("{} seconds", shared.started.elapsed().as_secs()));
     for (topic, value) in values {

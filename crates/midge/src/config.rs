@@ -21,6 +21,7 @@ pub(crate) struct ConfigFile {
     pub(crate) max_packet_size: Option<u32>,
     pub(crate) max_topic_levels: Option<u32>,
     pub(crate) max_topic_length: Option<u16>,
+    pub(crate) packet_timeout: Option<u64>,
     pub(crate) topic_alias_maximum: Option<u16>,
     pub(crate) max_keep_alive: Option<u16>,
     pub(crate) shared_strategy: Option<SharedStrategyArg>,

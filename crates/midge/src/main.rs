@@ -100,6 +100,11 @@ struct ServeArgs {
     /// too-deep ones are.
     #[arg(long, default_value_t = 65535, value_parser = clap::value_parser!(u16).range(1..))]
     max_topic_length: u16,
+    /// Seconds a packet that has begun to arrive may take to arrive whole,
+    /// plus one per KiB of its length; a client slower than that is
+    /// disconnected. 0: no limit.
+    #[arg(long, default_value_t = 30)]
+    packet_timeout: u64,
     /// Topic aliases an MQTT 5 client may use towards the broker; 0 turns them off.
     #[arg(long, default_value_t = 10)]
     topic_alias_maximum: u16,
@@ -263,7 +268,7 @@ fn apply_config_file(args: &mut ServeArgs, matches: &clap::ArgMatches) -> anyhow
     take!(sys_interval, max_inflight, max_queued_messages, max_packet_size, topic_alias_maximum, max_keep_alive);
     take!(shared_strategy, log_level, allow_anonymous, webhook_timeout_ms, webhook_cache_seconds);
     take!(data_dir, in_memory, sync, sync_interval_ms, max_queued_in_memory, threads);
-    take!(max_topic_levels, max_topic_length);
+    take!(max_topic_levels, max_topic_length, packet_timeout);
     if !given("webhook_checks")
         && let Some(checks) = file.webhook_checks
     {
@@ -335,6 +340,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             topic_alias_maximum: args.topic_alias_maximum,
             max_topic_levels: usize::try_from(args.max_topic_levels).unwrap_or(usize::MAX),
             max_topic_length: usize::from(args.max_topic_length),
+            packet_timeout: (args.packet_timeout > 0).then(|| Duration::from_secs(args.packet_timeout)),
             shared_strategy: args.shared_strategy.into(),
             max_keep_alive: args.max_keep_alive,
             sys_interval: (args.sys_interval > 0).then(|| Duration::from_secs(args.sys_interval)),

@@ -1694,6 +1694,54 @@ mod midge_contract {
         sub.expect_no_packet();
     }
 
+    /// A packet begun must arrive whole within `--packet-timeout` (plus a
+    /// second per KiB it declares): keep-alive counts bytes, so a client
+    /// trickling a byte now and then, here without a keep-alive at all, would
+    /// otherwise hold its connection forever (Mosquitto's does).
+    #[test]
+    fn a_packet_trickled_a_byte_at_a_time_is_cut_off_at_the_packet_timeout() {
+        let broker = midge_with(&["--packet-timeout", "1"]);
+        let (mut trickler, _) = RawClient::handshake(broker.addr(), &Connect::new("trickler").keep_alive(0));
+        let mut watcher = subscriber(&broker, "watcher", &[("#", 0)]);
+        let publish = build::publish("t/trickle", vec![b'x'; 200]);
+        let started = Instant::now();
+        let mut sent = 0;
+        // One byte every 200 ms: the 203-byte packet would take 40 s.
+        while sent < publish.len() && trickler.try_send(&publish[sent..=sent]).is_ok() {
+            sent += 1;
+            match trickler.closed_within(Duration::from_millis(200)) {
+                Ok(true) => break,
+                Ok(false) => {}
+                Err(packet) => panic!("unexpected packet {packet:?}"),
+            }
+            assert!(started.elapsed() < Duration::from_secs(20), "still open after {sent} bytes");
+        }
+        assert!(sent < publish.len(), "the whole packet went through");
+        assert!(started.elapsed() >= Duration::from_secs(1), "closed before its packet timeout");
+        watcher.expect_no_packet();
+        // The broker goes on serving.
+        let mut other = client(&broker, "other");
+        other.publish("t/after", "fine");
+        assert_eq!(watcher.expect_publish().topic, "t/after");
+    }
+
+    /// A large packet sent slowly but steadily gets a second per KiB on top
+    /// of `--packet-timeout`: 4 KiB over about 2.5 s arrives with a 1 s
+    /// timeout.
+    #[test]
+    fn a_large_packet_sent_slowly_but_steadily_is_given_a_second_per_kib() {
+        let broker = midge_with(&["--packet-timeout", "1"]);
+        let mut watcher = subscriber(&broker, "watcher", &[("t/slow", 0)]);
+        let (mut slow, _) = RawClient::handshake(broker.addr(), &Connect::new("slow").keep_alive(0));
+        let publish = build::publish("t/slow", vec![b'y'; 4096]);
+        for piece in publish.chunks(publish.len() / 5 + 1) {
+            slow.send(piece);
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        let got = watcher.expect_publish();
+        assert_eq!((got.topic.as_str(), got.payload.len()), ("t/slow", 4096));
+    }
+
     /// A client that stops reading blocks only its own connection: once the
     /// broker's writes to it stall, it can still be taken over [MQTT-3.1.4-2],
     /// and a shutdown still closes it instead of waiting out the grace period.
