@@ -1261,7 +1261,6 @@ mod memory {
     /// 2`: two seconds, plus one per KiB declared) within a bounded time, eight
     /// at once, while the broker serves others. Mosquitto never closes them.
     #[test]
-    #[ignore = "needs the per-packet deadline (issue 21)"]
     fn clients_trickling_a_packet_are_closed_by_the_packet_deadline() {
         let target = Target::start(&["--packet-timeout", "2"]);
         let bound = Duration::from_secs(15);
@@ -1297,6 +1296,23 @@ mod memory {
             closed_after.iter().all(|d| *d >= Duration::from_millis(1500)),
             "closed before the deadline: {closed_after:?}"
         );
+        target.check();
+    }
+
+    /// The deadline grows with the packet: an 8 KiB PUBLISH sent in eight pieces
+    /// over about three seconds, under `--packet-timeout 1` (one second plus
+    /// eight for its 8 KiB), is taken whole and acknowledged.
+    #[test]
+    fn a_large_packet_arriving_slowly_within_its_budget_is_taken() {
+        let target = Target::start(&["--packet-timeout", "1"]);
+        let mut client = target.client();
+        let packet = PublishPacket::new("t/slow", vec![b's'; 8 * 1024]).qos(1, 9).build();
+        for piece in packet.chunks(packet.len().div_ceil(8)) {
+            client.send(piece);
+            // Pacing of the slow client, not a wait for the broker.
+            thread::sleep(Duration::from_millis(400));
+        }
+        assert_eq!(client.expect_puback(), 9);
         target.check();
     }
 }
