@@ -23,7 +23,7 @@ use bytes::{Bytes, BytesMut};
 use midge_codec::{
     AckProperties, Auth, AuthProperties, ConnAck, Connect, DecodeError, Disconnect, MqttStr, Packet, PacketId,
     ProtocolVersion, PubAck, Publish, PublishView, QoS, ReasonCode, RetainHandling, SubAck, Subscribe, UnsubAck,
-    Unsubscribe, Will, decode, encode, encode_publish_view, publish_view_encoded_len, topic,
+    Unsubscribe, Will, decode, encode, encode_publish_view, encoded_len, publish_view_encoded_len, topic,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
@@ -617,13 +617,7 @@ where
         _ if connect.clean_start => 0,
         _ => u32::MAX,
     };
-    let connection_id = shared.next_connection_id();
-    let signal = Arc::new(Signal::default());
-    let (session, session_present) =
-        shared.attach_session(&client_id, connect.clean_start, expiry_interval, version, connection_id, signal.clone());
-    // MQTT 3.1 has no session present flag.
-    let session_present = session_present && version != ProtocolVersion::V3_1;
-    let mut connack = ConnAck { session_present, reason_code: ReasonCode::Success, ..Default::default() };
+    let mut connack = ConnAck { reason_code: ReasonCode::Success, ..Default::default() };
     if version.is_v5() {
         connack.properties.assigned_client_identifier = assigned;
         connack.properties.receive_maximum = Some(shared.config.max_inflight.max(1));
@@ -644,10 +638,21 @@ where
         connack.properties.authentication_method.clone_from(&auth_method);
         connack.properties.authentication_data = auth_reply;
     }
+    if !fit_connack(&mut connack, connect.properties.maximum_packet_size) {
+        tracing::info!(%peer, client_id, max = connect.properties.maximum_packet_size, "even a bare CONNACK exceeds the client's Maximum Packet Size [MQTT-3.1.2-24]; closing");
+        return None;
+    }
+    let connection_id = shared.next_connection_id();
+    let signal = Arc::new(Signal::default());
+    let (session, session_present) =
+        shared.attach_session(&client_id, connect.clean_start, expiry_interval, version, connection_id, signal.clone());
+    // MQTT 3.1 has no session present flag.
+    connack.session_present = session_present && version != ProtocolVersion::V3_1;
+    let connack_session_present = connack.session_present;
     let _ = encode(&Packet::ConnAck(connack), version, &mut wbuf);
     Metrics::inc(&shared.metrics.packets_sent);
     shared.metrics.client_connected();
-    tracing::debug!(%peer, client_id, username = client.username, ?version, session_present, "client connected");
+    tracing::debug!(%peer, client_id, username = client.username, ?version, session_present = connack_session_present, "client connected");
 
     let keep_alive = (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500));
     // All the rest needs of CONNECT; not kept for the life of the connection.
@@ -774,6 +779,13 @@ impl Conn {
                 // may still get one on DISCONNECT [MQTT-3.1.2-29]; we hold back).
                 if problem_information {
                     disconnect.properties.reason_string = close.reason_string();
+                }
+                // Within the client's Maximum Packet Size [MQTT-3.1.2-24]:
+                // the Reason String goes first [MQTT-3.14.2-3].
+                if let Some(max) = self.client_max_packet
+                    && encoded_len(&Packet::Disconnect(disconnect.clone()), self.version) > max as usize
+                {
+                    disconnect.properties.reason_string = None;
                 }
                 self.send(&Packet::Disconnect(disconnect));
                 let _ = Box::pin(tokio::time::timeout(Duration::from_secs(1), stream.write_all(&self.wbuf))).await;
@@ -1854,6 +1866,34 @@ impl Conn {
         });
         self.shared.detach_session(&self.session, self.connection_id, will);
     }
+}
+
+/// Makes a v5 CONNACK fit the client's Maximum Packet Size, which bounds
+/// every packet the server sends it [MQTT-3.1.2-24]: first without what
+/// its absence says as well (the `*_available` flags default to true) and
+/// the Reason String and User Properties [MQTT-3.2.2-19] [MQTT-3.2.2-20],
+/// then without the server's informational limits. False if it still does
+/// not fit: the client cannot be told even that it is connected.
+fn fit_connack(connack: &mut ConnAck, max: Option<u32>) -> bool {
+    let Some(max) = max.map(|max| usize::try_from(max).unwrap_or(usize::MAX)) else { return true };
+    let fits = |c: &ConnAck| encoded_len(&Packet::ConnAck(c.clone()), ProtocolVersion::V5) <= max;
+    if fits(connack) {
+        return true;
+    }
+    let p = &mut connack.properties;
+    p.shared_subscription_available = None;
+    p.subscription_identifiers_available = None;
+    p.reason_string = None;
+    p.user_properties.clear();
+    if fits(connack) {
+        return true;
+    }
+    let p = &mut connack.properties;
+    p.response_information = None;
+    p.maximum_packet_size = None;
+    p.topic_alias_maximum = None;
+    p.receive_maximum = None;
+    fits(connack)
 }
 
 /// The remaining length a packet's fixed header declares, once its bytes
