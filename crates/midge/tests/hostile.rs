@@ -219,7 +219,6 @@ mod framing {
     /// requires the minimum number of bytes [MQTT-1.5.5-1] (v5), so the
     /// connection is closed with DISCONNECT 0x81 (Malformed Packet).
     #[test]
-    #[ignore = "the codec accepts a non-minimal remaining length (a PUBLISH with length 9f 00 is taken); needs a check in crates/codec (issue 21)"]
     fn a_non_minimal_remaining_length_closes_an_mqtt5_connection() {
         let target = Target::start(&[]);
         let body = {
