@@ -737,7 +737,16 @@ struct Aliases {
     inbound: HashMap<u16, MqttStr>,
     /// Given by us to topics towards the client, up to its Topic Alias Maximum.
     outbound: HashMap<MqttStr, u16>,
+    /// Bytes of the topics in `outbound`, at most [`OUTBOUND_ALIAS_BYTES`].
+    outbound_bytes: usize,
 }
+
+/// The topic bytes a connection keeps for the aliases it gives out. A
+/// client may allow 65,535 aliases and topics may be 64 KiB long: without a
+/// bound, one subscriber to `#` would keep up to 4 GiB of other clients'
+/// topics alive. Past it, new topics go without an alias, as they would past
+/// the client's Topic Alias Maximum.
+const OUTBOUND_ALIAS_BYTES: usize = 64 * 1024;
 
 /// A client's enhanced authentication (v5 section 4.12).
 struct EnhancedAuth {
@@ -1762,7 +1771,9 @@ impl Conn {
             }
             // The client learns an alias only from a packet it receives.
             if let Some(alias) = new_alias {
-                self.aliases.get_or_insert_default().outbound.insert(message.topic.clone(), alias);
+                let aliases = self.aliases.get_or_insert_default();
+                aliases.outbound.insert(message.topic.clone(), alias);
+                aliases.outbound_bytes += message.topic.len();
             }
         }
         let _ = encode_publish_view(&view, self.version, &mut self.wbuf);
@@ -1784,6 +1795,10 @@ impl Conn {
         }
         let next = u16::try_from(outbound.map_or(0, HashMap::len) + 1).ok()?;
         if next > self.client_alias_maximum {
+            return None;
+        }
+        let kept = self.aliases.as_ref().map_or(0, |a| a.outbound_bytes);
+        if kept + topic.len() > OUTBOUND_ALIAS_BYTES {
             return None;
         }
         view.topic_alias = Some(next);

@@ -204,3 +204,11 @@ fn topics_beyond_the_depth_limit_are_refused_with_the_v5_codes() {
 fn deep_filters_subscribed_dropped_and_matched_do_not_crash_the_broker() {
     run_scenario_with("deep_structures", &["--max-topic-levels", "100000"]);
 }
+
+/// The topics midge keeps for the aliases it gives a subscriber are
+/// bounded (64 KiB): a client allowing 65,535 aliases cannot make the
+/// broker hold gigabytes of 64 KiB topics.
+#[test]
+fn outbound_topic_aliases_keep_at_most_64_kib_of_topics() {
+    run_scenario("outbound_alias_bound");
+}

@@ -730,7 +730,78 @@ def deep_structures(host, port):
     check(fresh.wait("message").payload == b"alive", "the broker keeps serving")
 
 
+def read_varint(data, at):
+    value, shift = 0, 0
+    while True:
+        byte = data[at]
+        at += 1
+        value |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            return value, at
+
+
+def publish_topic_and_alias(body, qos):
+    """(topic, Topic Alias or None) of a v5 PUBLISH body."""
+    length = int.from_bytes(body[:2], "big")
+    topic = body[2 : 2 + length]
+    at = 2 + length + (2 if qos else 0)
+    props_len, at = read_varint(body, at)
+    props, alias, i = body[at : at + props_len], None, 0
+    while i < len(props):
+        if props[i] == 0x23:
+            alias = int.from_bytes(props[i + 1 : i + 3], "big")
+            i += 3
+        else:
+            raise Failure(f"unexpected property {props[i]:#x} in {props!r}")
+    return topic, alias
+
+
+def outbound_alias_bound(host, port):
+    """A subscriber allowing 65,535 topic aliases gets them for its first
+    topics only while their bytes stay within 64 KiB: the broker keeps the
+    topics it aliases, and a client must not make it keep gigabytes."""
+    sock = socket.create_connection((host, port), timeout=TIMEOUT)
+    props = b"\x22\xff\xff"  # Topic Alias Maximum 65535
+    body = b"\x00\x04MQTT\x05\x02\x00\x3c" + bytes([len(props)]) + props + b"\x00\x08aliasing"
+    sock.sendall(bytes([0x10, len(body)]) + body)
+    header = recv_exactly(sock, 2)
+    recv_exactly(sock, header[1])
+    base = topic()
+    sub = len(f"{base}/#").to_bytes(2, "big") + f"{base}/#".encode()
+    body = b"\x00\x01\x00" + sub + b"\x00"
+    sock.sendall(bytes([0x82, len(body)]) + body)
+    check(recv_exactly(sock, 6)[0] == 0x90, "subscribed")
+    names = [f"{base}/{i}/" + "x" * 30_000 for i in range(3)]
+    pub = Peer(host, port)
+    for name in names + names[:1]:
+        pub.client.publish(name, b"p", qos=0)
+        pub.wait("publish")
+    seen = []
+    buf = b""
+    while len(seen) < 4:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise Failure("closed")
+        buf += chunk
+        packets, rest = [], buf
+        while rest:
+            length, at = read_varint(rest, 1)
+            if len(rest) < at + length:
+                break
+            packets.append((rest[0], rest[at : at + length]))
+            rest = rest[at + length :]
+        buf = rest
+        for first, body in packets:
+            if first >> 4 == 3:
+                seen.append(publish_topic_and_alias(body, (first >> 1) & 3))
+    check(seen[0] == (names[0].encode(), 1) and seen[1] == (names[1].encode(), 2), "the first two 30 kB topics get aliases 1 and 2")
+    check(seen[2] == (names[2].encode(), None), "the third, past 64 KiB of aliased topics, goes without one")
+    check(seen[3] == (b"", 1), "the first topic again goes as its alias alone")
+
+
 SCENARIOS = {
+    "outbound_alias_bound": outbound_alias_bound,
     "receive_maximum_flood": receive_maximum_flood,
     "topic_limits": topic_limits,
     "deep_structures": deep_structures,
