@@ -522,7 +522,7 @@ where
     if let Some(will) = &connect.will
         && let Err(limit) = shared.config.check_topic(&will.topic)
     {
-        topic_refused(shared, &client_id, peer, "will topic", &will.topic, limit);
+        topic_refused(shared, &client_id, peer, "will topic", &will.topic, limit, 1);
         // 3.x has no CONNACK code for a topic: the connection is closed.
         if version.is_v5() {
             Box::pin(refuse(&mut stream, version, ReasonCode::TopicNameInvalid)).await;
@@ -673,6 +673,7 @@ where
             client_max_packet: connect.properties.maximum_packet_size,
             aliases: None,
             client_alias_maximum: connect.properties.topic_alias_maximum.unwrap_or(0),
+            refusals: 0,
             client,
             auth: auth_method.map(|method| Box::new(EnhancedAuth { method, exchange: None, data: None })),
             needs_durable: false,
@@ -710,6 +711,10 @@ struct Conn {
     /// Topic aliases of this connection, once one is used.
     aliases: Option<Box<Aliases>>,
     client_alias_maximum: u16,
+    /// Topics and filters refused on this connection. The 1st, 2nd, 4th,
+    /// 8th… are logged at `info`, the rest at `debug`: one SUBSCRIBE of
+    /// 100,000 refused filters writes 17 lines, not 100,000.
+    refusals: u32,
     /// Who the client is, as the authenticator saw it.
     client: ClientInfo,
     /// Enhanced authentication, if the CONNECT named a method.
@@ -1359,11 +1364,18 @@ impl Conn {
         }
     }
 
+    /// Counts and logs a topic name or filter of this connection refused
+    /// for its depth or length.
+    fn refused_topic(&mut self, what: &str, topic: &str, limit: TopicLimit) {
+        self.refusals = self.refusals.saturating_add(1);
+        topic_refused(&self.shared, &self.session.client_id, self.client.peer, what, topic, limit, self.refusals);
+    }
+
     /// Refuses a PUBLISH whose topic name is beyond the topic limits: v5
     /// PUBACK/PUBREC 0x90 (Topic Name invalid) ends its flow, a v5 QoS 0
     /// one is dropped, and 3.x, with no code to say it, loses the connection.
     fn refuse_publish_topic(&mut self, publish: &Publish, limit: TopicLimit) -> Result<(), Close> {
-        topic_refused(&self.shared, &self.session.client_id, self.client.peer, "topic name", &publish.topic, limit);
+        self.refused_topic("topic name", &publish.topic, limit);
         if !self.version.is_v5() {
             return Err(Close::ProtocolViolation(ReasonCode::TopicNameInvalid, limit.as_str()));
         }
@@ -1503,23 +1515,21 @@ impl Conn {
                 Ok(None) => topic::validate_topic_filter(&sub.topic_filter).is_ok(),
                 Err(_) => false,
             };
-            let within = if valid { self.shared.config.check_topic(&sub.topic_filter) } else { Ok(()) };
-            if let Err(limit) = within {
-                topic_refused(
-                    &self.shared,
-                    &self.session.client_id,
-                    self.client.peer,
-                    "topic filter",
-                    &sub.topic_filter,
-                    limit,
-                );
-            }
-            if !valid || within.is_err() {
-                if valid {
-                    // Counted and logged above.
-                } else {
-                    tracing::info!(client_id = %self.session.client_id, peer = %self.client.peer, filter = sub.topic_filter, "invalid topic filter [MQTT-4.7.1-1]");
+            // Refused alike: a filter that breaks the spec's rules, and one
+            // beyond the depth and length limits (counted and logged apart).
+            let refused = if !valid {
+                self.refusals = self.refusals.saturating_add(1);
+                if self.refusals.is_power_of_two() {
+                    tracing::info!(client_id = %self.session.client_id, peer = %self.client.peer, filter = sub.topic_filter, refused = self.refusals, "invalid topic filter [MQTT-4.7.1-1]");
                 }
+                true
+            } else if let Err(limit) = self.shared.config.check_topic(&sub.topic_filter) {
+                self.refused_topic("topic filter", &sub.topic_filter, limit);
+                true
+            } else {
+                false
+            };
+            if refused {
                 if self.version == ProtocolVersion::V3_1 {
                     // MQTT 3.1 SUBACK has no failure code.
                     return Err(Close::ProtocolViolation(
@@ -1585,14 +1595,7 @@ impl Conn {
             .map(|filter| {
                 // Nothing so deep or long was subscribed: refused unsearched.
                 if let Err(limit) = self.shared.config.check_topic(filter) {
-                    topic_refused(
-                        &self.shared,
-                        &self.session.client_id,
-                        self.client.peer,
-                        "topic filter",
-                        filter,
-                        limit,
-                    );
+                    self.refused_topic("topic filter", filter, limit);
                     ReasonCode::TopicFilterInvalid
                 } else if self.shared.unsubscribe(&self.session, filter) {
                     ReasonCode::Success
@@ -1999,9 +2002,23 @@ fn publish_view<'a>(
 
 /// Counts and logs a topic name or filter refused for its depth or length.
 /// The topic itself is not logged: it may be 64 KiB of a peer's choosing.
-fn topic_refused(shared: &Shared, client_id: &str, peer: SocketAddr, what: &str, topic: &str, limit: TopicLimit) {
+/// `refused` is how many this connection has had refused, this one included.
+fn topic_refused(
+    shared: &Shared,
+    client_id: &str,
+    peer: SocketAddr,
+    what: &str,
+    topic: &str,
+    limit: TopicLimit,
+    refused: u32,
+) {
     Metrics::inc(&shared.metrics.topics_refused);
     let levels = topic.bytes().filter(|&b| b == b'/').count() + 1;
     let prefix = topic.char_indices().nth(64).map_or(topic, |(end, _)| topic.get(..end).unwrap_or(topic));
-    tracing::info!(client_id, %peer, bytes = topic.len(), levels, prefix, "{what} beyond {}; refused", limit.as_str());
+    let limit = limit.as_str();
+    if refused.is_power_of_two() {
+        tracing::info!(client_id, %peer, bytes = topic.len(), levels, prefix, refused, "{what} beyond {limit}; refused");
+    } else {
+        tracing::debug!(client_id, %peer, bytes = topic.len(), levels, prefix, refused, "{what} beyond {limit}; refused");
+    }
 }

@@ -1725,6 +1725,22 @@ mod midge_contract {
         assert_eq!(watcher.expect_publish().topic, "t/after");
     }
 
+    /// A client cannot flood the log with refusals: of 1,000 filters beyond
+    /// `--max-topic-levels` in one SUBSCRIBE, each refused with 0x80 and
+    /// counted, the 1st, 2nd, 4th … 512th are logged at `info` (10 lines).
+    #[test]
+    fn refused_topics_are_logged_sparsely_so_a_client_cannot_flood_the_log() {
+        let broker = midge_with(&["--max-topic-levels", "4"]);
+        let mut deep = client(&broker, "deep");
+        let filters: Vec<String> = (0..1000).map(|i| format!("a/b/c/d/{i}")).collect();
+        let asked: Vec<(&str, u8)> = filters.iter().map(|f| (f.as_str(), 0)).collect();
+        assert_eq!(deep.subscribe(1, &asked), vec![0x80; 1000]);
+        // The 512th is the last line logged; the broker wrote it before the SUBACK.
+        assert!(broker.wait_for_log("refused=512", Duration::from_secs(10)), "{}", broker.log());
+        let lines = broker.log().lines().filter(|l| l.contains("beyond max_topic_levels")).count();
+        assert_eq!(lines, 10, "{}", broker.log());
+    }
+
     /// A large packet sent slowly but steadily gets a second per KiB on top
     /// of `--packet-timeout`: 4 KiB over about 2.5 s arrives with a 1 s
     /// timeout.
