@@ -46,6 +46,17 @@ pub(crate) struct Router {
     groups: HashMap<String, Arc<SharedGroup>>,
 }
 
+/// Share groups and their members' queued messages hold each other (see
+/// [`SharedGroup::disband`]); without this a dropped broker would leak every
+/// session that had a message queued for a group it belonged to.
+impl Drop for Router {
+    fn drop(&mut self) {
+        for group in self.groups.values() {
+            group.disband();
+        }
+    }
+}
+
 impl Router {
     fn subscribe(&mut self, session: &Arc<Session>, filter: &str, grant: Grant) {
         let member = SessionRef(session.clone());
@@ -937,5 +948,56 @@ impl Shared {
             return retained.get(filter).filter(|m| !m.is_expired(now)).cloned().into_iter().collect();
         }
         retained.values().filter(|m| !m.is_expired(now) && topic::matches(filter, m.topic.as_str())).cloned().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use midge_codec::{MqttStr, ProtocolVersion, PublishProperties, QoS};
+
+    /// A member of a share group with a message queued for the group (an
+    /// offline member, say) and the group hold each other. Dropping the
+    /// router must break that cycle, or every such session leaks with the
+    /// broker (found by the broker fuzz target under LeakSanitizer).
+    #[test]
+    fn a_dropped_router_lets_go_of_share_group_members_with_queued_messages() {
+        let session = Arc::new(Session::new("member".into(), 1, u32::MAX, ProtocolVersion::V5));
+        let mut router = Router::default();
+        router.subscribe(&session, "$share/g/t/#", Grant::default());
+        let group = router.group("g/t/#").unwrap();
+        let message = Message::new(
+            MqttStr::from("t/1"),
+            Bytes::from_static(b"m"),
+            QoS::AtLeastOnce,
+            false,
+            PublishProperties::default(),
+        );
+        let delivery = Delivery {
+            shared: Some(group.clone()),
+            ..Delivery::routed(Arc::new(message), QoS::AtLeastOnce, false, Vec::new())
+        };
+        session.enqueue(delivery, &BrokerConfig::default(), None);
+        let (weak_session, weak_group) = (Arc::downgrade(&session), Arc::downgrade(&group));
+        drop((session, group));
+        assert!(weak_session.upgrade().is_some(), "the router still has the member");
+        drop(router);
+        assert!(weak_session.upgrade().is_none(), "the session leaked");
+        assert!(weak_group.upgrade().is_none(), "the group leaked");
+    }
+
+    /// A member that leaves a sticky group is not kept alive as its sticky
+    /// member.
+    #[test]
+    fn a_member_leaving_a_group_is_no_longer_its_sticky_member() {
+        let session = Arc::new(Session::new("member".into(), 1, u32::MAX, ProtocolVersion::V5));
+        let mut router = Router::default();
+        router.subscribe(&session, "$share/g/t", Grant::default());
+        let group = router.group("g/t").unwrap();
+        assert!(group.pick(crate::shared::SharedStrategy::Sticky, None).is_some());
+        let weak = Arc::downgrade(&session);
+        router.unsubscribe(&session, "$share/g/t");
+        drop(session);
+        assert!(weak.upgrade().is_none(), "the group kept the session it had picked");
     }
 }

@@ -54,11 +54,25 @@ impl SharedGroup {
         }
     }
 
-    /// Removes a member; returns whether the group is now empty.
+    /// Removes a member; returns whether the group is now empty. A member
+    /// that leaves is no longer kept as the sticky one either: the group
+    /// would otherwise keep its session alive.
     pub(crate) fn leave(&self, member: &SessionRef) -> bool {
         let mut members = self.members.lock();
         members.retain(|(m, _)| m != member);
+        let mut sticky = self.sticky.lock();
+        if sticky.as_ref() == Some(member) {
+            *sticky = None;
+        }
         members.is_empty()
+    }
+
+    /// Lets go of every member. A member's queue may hold messages that
+    /// name this group, and the group holds the member: a cycle of
+    /// reference counts that only this breaks, when the broker is dropped.
+    pub(crate) fn disband(&self) {
+        self.members.lock().clear();
+        self.sticky.lock().take();
     }
 
     /// The member that gets the next message: an online one if there is
