@@ -123,6 +123,8 @@ pub(crate) struct Shared {
     /// Topic name → last retained message.
     retained: RwLock<HashMap<Box<str>, Arc<Message>>>,
     next_connection_id: AtomicU64,
+    /// Connections reading on after the server ended them (`connection::linger`).
+    pub(crate) lingering: std::sync::atomic::AtomicUsize,
     /// Where sessions and retained messages are kept; `None`: memory only.
     pub(crate) store: Option<Arc<dyn Store>>,
     /// The next session's number in the store.
@@ -259,6 +261,7 @@ impl Broker {
                 router: RwLock::new(Router::default()),
                 retained: RwLock::new(HashMap::new()),
                 next_connection_id: AtomicU64::new(1),
+                lingering: std::sync::atomic::AtomicUsize::new(0),
                 started: Instant::now(),
                 shutdown: CancellationToken::new(),
                 tasks: TaskTracker::new(),

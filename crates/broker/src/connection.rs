@@ -187,7 +187,7 @@ where
         }
         Err(Some(e @ DecodeError::UnsupportedProtocolVersion { .. })) => {
             tracing::info!(%peer, error = %e, "refusing CONNECT");
-            refuse(stream, ProtocolVersion::V3_1_1, ReasonCode::UnsupportedProtocolVersion).await;
+            refuse(shared, stream, ProtocolVersion::V3_1_1, ReasonCode::UnsupportedProtocolVersion).await;
             None
         }
         Err(Some(e)) => {
@@ -196,7 +196,7 @@ where
             // A v5 client is told why [MQTT-3.1.4-1], [MQTT-3.2.2-6]; 3.x
             // CONNACK has no code for it, so those are just closed.
             if level == Some(5) {
-                refuse(stream, ProtocolVersion::V5, e.reason_code()).await;
+                refuse(shared, stream, ProtocolVersion::V5, e.reason_code()).await;
             }
             None
         }
@@ -328,18 +328,39 @@ where
 }
 
 /// Answers CONNECT with a refusing CONNACK and closes [MQTT-3.2.2-6].
-async fn refuse<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S, version: ProtocolVersion, reason_code: ReasonCode) {
+async fn refuse<S: AsyncRead + AsyncWrite + Unpin>(
+    shared: &Shared,
+    stream: &mut S,
+    version: ProtocolVersion,
+    reason_code: ReasonCode,
+) {
     let mut out = BytesMut::new();
     if encode(&Packet::ConnAck(ConnAck { reason_code, ..Default::default() }), version, &mut out).is_ok() {
         let _ = stream.write_all(&out).await;
     }
     let _ = stream.shutdown().await;
-    linger(stream).await;
+    linger(shared, stream).await;
 }
 
 /// How long a connection the server ends goes on reading after its last
 /// packet and FIN, at most.
 const LINGER: Duration = Duration::from_secs(2);
+
+/// Connections lingering at once, at most. Each holds a socket and a small
+/// buffer for up to [`LINGER`]: a flood of refused CONNECTs from clients
+/// that keep sending must not pile up open files. Past it, a connection
+/// closes at once, as it did before lingering existed.
+const MAX_LINGERING: usize = 1024;
+
+/// Counts a lingering connection while it lives (also when its task is
+/// dropped mid-linger, at shutdown).
+struct Lingering<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl Drop for Lingering<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
 
 /// Reads and discards what the client still sends, until it closes or
 /// [`LINGER`] passes, before the socket is dropped. Closing a socket with
@@ -347,9 +368,14 @@ const LINGER: Duration = Duration::from_secs(2);
 /// DISCONNECT or CONNACK just written: the client would see a broken pipe
 /// instead of the reason (Paho's MQTT 5 flow-control test does). The write
 /// side is already shut, so a client that waits for EOF gets it at once.
-async fn linger<S: AsyncRead + Unpin>(stream: &mut S) {
+async fn linger<S: AsyncRead + Unpin>(shared: &Shared, stream: &mut S) {
+    let crowded = shared.lingering.fetch_add(1, std::sync::atomic::Ordering::Relaxed) >= MAX_LINGERING;
+    let _counted = Lingering(&shared.lingering);
+    if crowded {
+        return;
+    }
     // On the heap, and only here: a connection's future stays small.
-    let mut sink = vec![0u8; 4096];
+    let mut sink = vec![0u8; 1024];
     let deadline = tokio::time::Instant::now() + LINGER;
     while let Ok(Ok(n)) = tokio::time::timeout_at(deadline, stream.read(&mut sink)).await
         && n > 0
@@ -488,7 +514,7 @@ where
         };
         if !allowed {
             tracing::info!(%peer, "empty client id without clean session [MQTT-3.1.3-8]; refusing");
-            Box::pin(refuse(&mut stream, version, ReasonCode::ClientIdentifierNotValid)).await;
+            Box::pin(refuse(shared, &mut stream, version, ReasonCode::ClientIdentifierNotValid)).await;
             return None;
         }
         client_id = format!("auto-{:016x}", crate::random_u64());
@@ -506,7 +532,7 @@ where
             server_keep_alive = Some(max_keep_alive);
         } else {
             tracing::info!(%peer, client_id, keep_alive, max_keep_alive, "keep-alive above the maximum; refusing");
-            Box::pin(refuse(&mut stream, version, ReasonCode::ClientIdentifierNotValid)).await;
+            Box::pin(refuse(shared, &mut stream, version, ReasonCode::ClientIdentifierNotValid)).await;
             return None;
         }
     }
@@ -515,7 +541,7 @@ where
     {
         tracing::info!(%peer, client_id, "invalid will topic [MQTT-3.1.3-11]; closing");
         if version.is_v5() {
-            Box::pin(refuse(&mut stream, version, ReasonCode::TopicNameInvalid)).await;
+            Box::pin(refuse(shared, &mut stream, version, ReasonCode::TopicNameInvalid)).await;
         }
         return None;
     }
@@ -525,7 +551,7 @@ where
         topic_refused(shared, &client_id, peer, "will topic", &will.topic, limit, 1);
         // 3.x has no CONNACK code for a topic: the connection is closed.
         if version.is_v5() {
-            Box::pin(refuse(&mut stream, version, ReasonCode::TopicNameInvalid)).await;
+            Box::pin(refuse(shared, &mut stream, version, ReasonCode::TopicNameInvalid)).await;
         }
         return None;
     }
@@ -546,7 +572,7 @@ where
         Admission::Refuse => {
             tracing::info!(%peer, client_id, "too many failed logins from this address; refusing unchecked");
             Metrics::inc(&shared.metrics.logins_throttled);
-            Box::pin(refuse(&mut stream, version, ReasonCode::ConnectionRateExceeded)).await;
+            Box::pin(refuse(shared, &mut stream, version, ReasonCode::ConnectionRateExceeded)).await;
             return None;
         }
     };
@@ -556,7 +582,7 @@ where
     if let Some(method) = &auth_method {
         let Some(mut exchange) = authenticator.start_exchange(method, &client) else {
             tracing::info!(%peer, client_id, method, "unsupported authentication method [MQTT-4.12.0-1]; refusing");
-            Box::pin(refuse(&mut stream, version, ReasonCode::BadAuthenticationMethod)).await;
+            Box::pin(refuse(shared, &mut stream, version, ReasonCode::BadAuthenticationMethod)).await;
             return None;
         };
         let first = connect.properties.authentication_data.clone();
@@ -569,7 +595,7 @@ where
             Ok(Err(AuthEnd::Refuse(code, why))) => {
                 tracing::info!(%peer, client_id, method, code = code.as_u8(), why, "enhanced authentication refused");
                 login_failed(shared, &ticket);
-                Box::pin(refuse(&mut stream, version, code)).await;
+                Box::pin(refuse(shared, &mut stream, version, code)).await;
                 return None;
             }
             Ok(Err(AuthEnd::Closed)) => return None,
@@ -584,18 +610,18 @@ where
         let Some(identity) = &origin.certificate_identity else {
             tracing::info!(%peer, client_id, "no client certificate to take the user name from; refusing");
             login_failed(shared, &ticket);
-            Box::pin(refuse(&mut stream, version, ReasonCode::NotAuthorized)).await;
+            Box::pin(refuse(shared, &mut stream, version, ReasonCode::NotAuthorized)).await;
             return None;
         };
         client.username = Some(identity.clone());
     } else if client.username.is_none() && !origin.policy.allow_anonymous {
         tracing::info!(%peer, client_id, "anonymous client refused on this listener");
         login_failed(shared, &ticket);
-        Box::pin(refuse(&mut stream, version, ReasonCode::NotAuthorized)).await;
+        Box::pin(refuse(shared, &mut stream, version, ReasonCode::NotAuthorized)).await;
         return None;
     } else if let Verdict::Deny(code) = authenticator.authenticate(&client, connect.password.as_deref()).await {
         login_failed(shared, &ticket);
-        Box::pin(refuse(&mut stream, version, code)).await;
+        Box::pin(refuse(shared, &mut stream, version, code)).await;
         return None;
     }
     drop(ticket);
@@ -606,7 +632,7 @@ where
     {
         tracing::info!(%peer, client_id, username = client.username, topic = %will.topic, "will topic not authorized; refusing");
         Metrics::inc(&shared.metrics.publish_denied);
-        Box::pin(refuse(&mut stream, version, ReasonCode::NotAuthorized)).await;
+        Box::pin(refuse(shared, &mut stream, version, ReasonCode::NotAuthorized)).await;
         return None;
     }
 
@@ -812,7 +838,7 @@ impl Conn {
             let _ = Box::pin(stream.shutdown()).await;
             Metrics::dec(&self.shared.metrics.clients_connected);
             if ended_here {
-                Box::pin(linger(&mut stream)).await;
+                Box::pin(linger(&self.shared, &mut stream)).await;
             }
         }
     }

@@ -1319,6 +1319,40 @@ mod memory {
 mod faults {
     use super::*;
 
+    /// A refused client that keeps its socket open makes the broker read on
+    /// for up to 2 s (so a client still sending sees the reason, not a
+    /// reset), but at most 1,024 connections linger at once: 1,500 refused
+    /// CONNECTs held open leave the broker well under 1,500 open files
+    /// meanwhile, and a normal client is served.
+    #[test]
+    fn lingering_after_refusals_is_capped_so_a_flood_cannot_pile_up_open_files() {
+        let target = Target::start(&[]);
+        let open_files = |pid: u32| std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, Iterator::count);
+        let before = open_files(target.pid());
+        // Protocol level 9: refused with CONNACK 0x01 [MQTT-3.1.2-2], then lingering.
+        let connect = Connect::new("refused").protocol("MQTT", 9).build();
+        let mut held = Vec::new();
+        let mut most = 0;
+        for i in 0..1500 {
+            let Ok(mut socket) = TcpStream::connect(target.addr()) else { break };
+            use std::io::{Read, Write};
+            socket.set_read_timeout(Some(WAIT)).unwrap();
+            socket.write_all(&connect).unwrap();
+            let mut connack = [0u8; 4];
+            socket.read_exact(&mut connack).unwrap();
+            assert_eq!(connack, [0x20, 0x02, 0x00, 0x01], "refused with 0x01");
+            held.push(socket);
+            if i % 100 == 99 {
+                most = most.max(open_files(target.pid()));
+            }
+        }
+        most = most.max(open_files(target.pid()));
+        assert_eq!(held.len(), 1500);
+        assert!(most < before + 1024 + 64, "{most} open files (from {before}) while 1,500 refused clients lingered");
+        target.check();
+        drop(held);
+    }
+
     /// What the persistent subscriber received.
     #[derive(Default)]
     struct Received {
