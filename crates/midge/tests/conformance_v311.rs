@@ -1741,6 +1741,30 @@ mod midge_contract {
         assert_eq!(lines, 10, "{}", broker.log());
     }
 
+    /// The limits are keys of the configuration file too, and a limit of 0
+    /// is refused at start-up with a message saying which.
+    #[test]
+    fn the_topic_limits_and_packet_timeout_are_configuration_file_keys() {
+        let dir = midge_test_support::TempDir::new("limits-conf");
+        let conf = dir.join("midge.toml");
+        std::fs::write(&conf, "max_topic_levels = 3\nmax_topic_length = 10\npacket_timeout = 5\n").unwrap();
+        let broker = midge_with(&["-c", conf.to_str().unwrap()]);
+        let mut c = client(&broker, "conf");
+        assert_eq!(c.subscribe(1, &[("a/b/c", 0), ("a/b/c/d", 0), ("abcdefghijk", 0)]), [0, 0x80, 0x80]);
+        drop(broker);
+        for (text, message) in [
+            ("max_topic_levels = 0", "max_topic_levels and max_topic_length must be at least 1"),
+            ("max_topic_length = 70000", "max_topic_length"),
+        ] {
+            std::fs::write(&conf, text).unwrap();
+            let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_midge"));
+            command.args(["serve", "--in-memory", "--port", "0", "-c", conf.to_str().unwrap()]);
+            let mut serve = midge_test_support::Process::spawn("midge serve", command);
+            assert_eq!(serve.wait_exit(Duration::from_secs(30)).code(), Some(1), "{text}: {}", serve.transcript());
+            assert!(serve.stderr().contains(message), "{text}: expected {message:?}: {}", serve.transcript());
+        }
+    }
+
     /// A large packet sent slowly but steadily gets a second per KiB on top
     /// of `--packet-timeout`: 4 KiB over about 2.5 s arrives with a 1 s
     /// timeout.
