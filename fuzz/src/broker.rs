@@ -284,7 +284,11 @@ impl Topic {
 }
 
 fn deep(n: usize, level: &str, last: &str) -> String {
-    let n = n % MAX_GENERATED_LEVELS + 1;
+    // Log-uniform from 1 to MAX_GENERATED_LEVELS: as many deep topics near
+    // 100 levels as near 10,000, so the deepest, which cost a thousand
+    // times more to run, come often enough to matter but slow few inputs.
+    let exp = n % 15;
+    let n = ((1 << exp) + (n >> 4) % (1 << exp)).min(MAX_GENERATED_LEVELS);
     let mut s = String::with_capacity(n * (level.len() + 1));
     for _ in 1..n {
         s.push_str(level);
