@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use midge_codec::topic::SharedFilter;
-use midge_codec::{MqttStr, ProtocolVersion, PublishProperties, QoS, topic};
+use midge_codec::{MqttStr, ProtocolVersion, PublishProperties, QoS};
 use parking_lot::{Mutex, RwLock};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
@@ -21,6 +21,7 @@ use crate::config::BrokerConfig;
 use crate::metrics::Metrics;
 use crate::outbox::{Batch, Outbox, Recipient};
 use crate::persist;
+use crate::retained::RetainedTree;
 use crate::router::{Grant, TopicIndex};
 use crate::session::{Delivery, Discarded, Enqueued, Kick, Message, Session, SessionState, Signal};
 use crate::shared::{SharedGroup, Subscriber};
@@ -120,8 +121,8 @@ pub(crate) struct Shared {
     /// Client id → session, for takeover and resumption.
     sessions: Mutex<HashMap<Arc<str>, Arc<Session>>>,
     pub(crate) router: RwLock<Router>,
-    /// Topic name → last retained message.
-    retained: RwLock<HashMap<Box<str>, Arc<Message>>>,
+    /// Topic name → last retained message, indexed by level.
+    retained: RwLock<RetainedTree>,
     next_connection_id: AtomicU64,
     /// Connections reading on after the server ended them (`connection::linger`).
     pub(crate) lingering: std::sync::atomic::AtomicUsize,
@@ -259,7 +260,7 @@ impl Broker {
                 hooks,
                 sessions: Mutex::new(HashMap::new()),
                 router: RwLock::new(Router::default()),
-                retained: RwLock::new(HashMap::new()),
+                retained: RwLock::new(RetainedTree::default()),
                 next_connection_id: AtomicU64::new(1),
                 lingering: std::sync::atomic::AtomicUsize::new(0),
                 started: Instant::now(),
@@ -373,7 +374,8 @@ impl Broker {
         {
             let mut retained = self.shared.retained.write();
             for message in recovered.retained {
-                retained.insert(message.topic.as_str().into(), Arc::new(message));
+                let topic = message.topic.clone();
+                retained.insert(topic.as_str(), Arc::new(message));
             }
         }
         for session in recovered.sessions {
@@ -817,14 +819,14 @@ impl Shared {
             if message.payload.is_empty() {
                 // A zero-byte retained message clears the topic and is not
                 // stored [MQTT-3.3.1-10], [MQTT-3.3.1-11].
-                if retained.remove(message.topic.as_str()).is_some()
+                if retained.remove(message.topic.as_str())
                     && let Some(store) = self.store()
                 {
                     persist::delete_retained(store, message.topic.as_str());
                 }
             } else {
                 // Replaces any earlier one [MQTT-3.3.1-5].
-                retained.insert(message.topic.as_str().into(), message.clone());
+                retained.insert(message.topic.as_str(), message.clone());
                 // $SYS topics are the broker's own, refreshed every interval:
                 // stale after a restart and not worth a write each time.
                 if let Some(store) = self.store()
@@ -942,15 +944,23 @@ impl Shared {
         }
     }
 
-    /// Retained messages matching `filter`, for a new subscription. An
+    /// Retained messages matching `filter`, for a new subscription, and
+    /// how much work finding them was (nodes of the index visited). An
     /// expired one is not sent [MQTT-3.3.2-5].
-    pub(crate) fn retained_matching(&self, filter: &str) -> Vec<Arc<Message>> {
+    pub(crate) fn retained_matching(&self, filter: &str) -> (Vec<Arc<Message>>, usize) {
         let now = std::time::Instant::now();
         let retained = self.retained.read();
         if !filter.contains(['+', '#']) {
-            return retained.get(filter).filter(|m| !m.is_expired(now)).cloned().into_iter().collect();
+            let found = retained.get(filter).filter(|m| !m.is_expired(now)).cloned().into_iter().collect();
+            return (found, 1);
         }
-        retained.values().filter(|m| !m.is_expired(now) && topic::matches(filter, m.topic.as_str())).cloned().collect()
+        let mut found = Vec::new();
+        let visited = retained.for_each_match(filter, |m| {
+            if !m.is_expired(now) {
+                found.push(m.clone());
+            }
+        });
+        (found, visited)
     }
 }
 

@@ -41,6 +41,7 @@ mod connection;
 mod metrics;
 mod outbox;
 mod persist;
+mod retained;
 pub mod router;
 mod session;
 mod shared;
