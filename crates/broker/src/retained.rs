@@ -27,8 +27,107 @@ pub(crate) struct RetainedTree {
 
 #[derive(Debug, Default)]
 struct Node {
-    children: HashMap<Box<str>, Node, Hasher>,
+    children: Children,
     message: Option<Arc<Message>>,
+}
+
+/// Most levels have one child or a few (`dev/42/status`): a map for each
+/// would allocate a table of four slots per level, which made 100,000
+/// retained messages cost 450 bytes more each than a flat map of topics
+/// did. A few children sit in a list sized to fit; past [`FEW`], a map.
+#[derive(Debug)]
+enum Children {
+    Few(Vec<(Box<str>, Node)>),
+    Many(HashMap<Box<str>, Node, Hasher>),
+}
+
+/// Children kept in a list before they move to a map.
+const FEW: usize = 8;
+
+impl Default for Children {
+    fn default() -> Self {
+        Children::Few(Vec::new())
+    }
+}
+
+impl Children {
+    fn len(&self) -> usize {
+        match self {
+            Children::Few(list) => list.len(),
+            Children::Many(map) => map.len(),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn get(&self, level: &str) -> Option<&Node> {
+        match self {
+            Children::Few(list) => list.iter().find(|(name, _)| &**name == level).map(|(_, node)| node),
+            Children::Many(map) => map.get(level),
+        }
+    }
+
+    fn get_mut(&mut self, level: &str) -> Option<&mut Node> {
+        match self {
+            Children::Few(list) => list.iter_mut().find(|(name, _)| &**name == level).map(|(_, node)| node),
+            Children::Many(map) => map.get_mut(level),
+        }
+    }
+
+    /// The child for `level`, made if missing.
+    fn get_or_insert(&mut self, level: &str) -> &mut Node {
+        if let Children::Few(list) = self
+            && list.len() >= FEW
+            && !list.iter().any(|(name, _)| &**name == level)
+        {
+            let map = std::mem::take(list).into_iter().collect();
+            *self = Children::Many(map);
+        }
+        match self {
+            Children::Few(list) => {
+                let at = match list.iter().position(|(name, _)| &**name == level) {
+                    Some(at) => at,
+                    None => {
+                        // Grown one at a time: most lists stay at one or two.
+                        list.reserve_exact(1);
+                        list.push((level.into(), Node::default()));
+                        list.len() - 1
+                    }
+                };
+                // `at` is an index of the list just searched or pushed to.
+                #[allow(clippy::indexing_slicing)]
+                &mut list[at].1
+            }
+            Children::Many(map) => map.entry(level.into()).or_default(),
+        }
+    }
+
+    fn remove(&mut self, level: &str) {
+        match self {
+            Children::Few(list) => list.retain(|(name, _)| &**name != level),
+            Children::Many(map) => {
+                map.remove(level);
+            }
+        }
+    }
+
+    /// Each child with its level name.
+    fn for_each<'a>(&'a self, mut f: impl FnMut(&'a str, &'a Node)) {
+        match self {
+            Children::Few(list) => list.iter().for_each(|(name, node)| f(name, node)),
+            Children::Many(map) => map.iter().for_each(|(name, node)| f(name, node)),
+        }
+    }
+
+    /// Moves every child into `out`.
+    fn drain_into(&mut self, out: &mut Vec<Node>) {
+        match self {
+            Children::Few(list) => out.extend(list.drain(..).map(|(_, node)| node)),
+            Children::Many(map) => out.extend(map.drain().map(|(_, node)| node)),
+        }
+    }
 }
 
 impl Node {
@@ -44,9 +143,10 @@ impl Drop for Node {
         if self.children.is_empty() {
             return;
         }
-        let mut stack: Vec<Node> = self.children.drain().map(|(_, child)| child).collect();
+        let mut stack = Vec::new();
+        self.children.drain_into(&mut stack);
         while let Some(mut node) = stack.pop() {
-            stack.extend(node.children.drain().map(|(_, child)| child));
+            node.children.drain_into(&mut stack);
         }
     }
 }
@@ -61,7 +161,7 @@ impl RetainedTree {
     pub(crate) fn insert(&mut self, topic: &str, message: Arc<Message>) {
         let mut node = &mut self.root;
         for level in topic.split('/') {
-            node = node.children.entry(level.into()).or_default();
+            node = node.children.get_or_insert(level);
         }
         if node.message.replace(message).is_none() {
             self.len += 1;
@@ -141,24 +241,27 @@ impl RetainedTree {
                     if !at_root && let Some(message) = &node.message {
                         f(message);
                     }
-                    let mut below: Vec<&Node> =
-                        node.children.iter().filter(|(name, _)| reachable(name)).map(|(_, child)| child).collect();
+                    let mut below: Vec<&Node> = Vec::new();
+                    node.children.for_each(|name, child| {
+                        if reachable(name) {
+                            below.push(child);
+                        }
+                    });
                     while let Some(node) = below.pop() {
                         visited += 1;
                         if let Some(message) = &node.message {
                             f(message);
                         }
-                        below.extend(node.children.values());
+                        node.children.for_each(|_, child| below.push(child));
                     }
                 }
                 "+" => {
                     visited += node.children.len();
-                    stack.extend(
-                        node.children
-                            .iter()
-                            .filter(|(name, _)| reachable(name))
-                            .map(|(_, child)| (child, consumed + 1)),
-                    );
+                    node.children.for_each(|name, child| {
+                        if reachable(name) {
+                            stack.push((child, consumed + 1));
+                        }
+                    });
                 }
                 literal => {
                     if let Some(child) = node.children.get(literal) {
