@@ -512,3 +512,66 @@ fn a_10000_level_subscribe_does_not_take_the_broker_down() {
     let joined = done.map(|handle| handle.join());
     assert!(matches!(joined, Ok(Ok(()))), "the deep SUBSCRIBE run failed");
 }
+
+/// Found by the broker target: a connection ended (here taken over) while
+/// a write to its client was half done wrote its whole buffer again, then
+/// the DISCONNECT, so the client read the first part twice and a torn
+/// stream. What was written must not be written again: the client reads
+/// CONNACK, SUBACK, the whole PUBLISH, then DISCONNECT 0x8E.
+#[test]
+fn a_connection_taken_over_mid_write_does_not_repeat_what_it_wrote() {
+    paused_runtime().block_on(async {
+        use midge_codec::*;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let broker = midge_broker::Broker::new(midge_broker::BrokerConfig { sys_interval: None, ..Default::default() });
+        let peer = |n: u8| std::net::SocketAddr::from(([127, 0, 0, n], 1));
+        // A small pipe, which the old client does not read: the broker's
+        // write of a large PUBLISH stops part way.
+        let (mut old, theirs) = tokio::io::duplex(1024);
+        broker.serve_connection(theirs, peer(1));
+        let mut bytes = v5_connect("taken", None);
+        let subscribe = Subscribe {
+            packet_id: PacketId::MIN,
+            properties: SubscribeProperties::default(),
+            subscriptions: vec![Subscription { topic_filter: "t".into(), options: SubscriptionOptions::default() }],
+        };
+        assert!(encode(&Packet::Subscribe(subscribe), ProtocolVersion::V5, &mut bytes).is_ok());
+        assert!(old.write_all(&bytes).await.is_ok());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+
+        let payload = bytes::Bytes::from(vec![b'x'; 100_000]);
+        let (mut publisher, theirs) = tokio::io::duplex(256 * 1024);
+        broker.serve_connection(theirs, peer(2));
+        let mut bytes = v5_connect("publisher", None);
+        let publish = Publish { topic: "t".into(), payload: payload.clone(), ..Publish::default() };
+        assert!(encode(&Packet::Publish(publish), ProtocolVersion::V5, &mut bytes).is_ok());
+        assert!(publisher.write_all(&bytes).await.is_ok());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+
+        // The takeover ends the old connection while its write waits.
+        let (mut new, theirs) = tokio::io::duplex(64 * 1024);
+        broker.serve_connection(theirs, peer(3));
+        assert!(new.write_all(&v5_connect("taken", None)).await.is_ok());
+
+        let mut stream = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(5), old.read_to_end(&mut stream)).await;
+        assert!(read.is_ok(), "the old connection was not closed");
+        let mut buf = bytes::BytesMut::from(&stream[..]);
+        let mut kinds = Vec::new();
+        loop {
+            match decode(&mut buf, ProtocolVersion::V5, u32::MAX) {
+                Ok(Some(Packet::Publish(p))) => {
+                    assert!(p.payload == payload, "a PUBLISH of {} bytes, not the one sent", p.payload.len());
+                    kinds.push("PUBLISH".to_owned());
+                }
+                Ok(Some(Packet::Disconnect(d))) => kinds.push(format!("DISCONNECT {:#x}", d.reason_code.as_u8())),
+                Ok(Some(p)) => kinds.push(p.name().to_owned()),
+                Ok(None) => break,
+                Err(e) => panic!("the old client read a torn stream after {kinds:?}: {e}"),
+            }
+        }
+        assert!(buf.is_empty(), "{} bytes of a packet left after {kinds:?}", buf.len());
+        assert_eq!(kinds, ["CONNACK", "SUBACK", "PUBLISH", "DISCONNECT 0x8e"]);
+        broker.shutdown(Duration::from_secs(1)).await;
+    });
+}

@@ -918,9 +918,9 @@ impl Conn {
                     let mut woken = false;
                     let mut read_meanwhile = false;
                     let mut written = 0;
-                    loop {
+                    let ended = loop {
                         if let Some(kick) = signal.kicked() {
-                            return kicked(kick);
+                            break Some(kicked(kick));
                         }
                         reserve(rbuf, &mut busy);
                         // The write first: it is usually done at once, and the
@@ -937,21 +937,29 @@ impl Conn {
                             }
                             _ = &mut timer, if keep_alive.is_some() || packet_start.is_some() => {
                                 if let Some(close) = self.timer_fired(timer.as_mut(), last_packet, keep_alive, packet_start, rbuf) {
-                                    return close;
+                                    break Some(close);
                                 }
                                 continue;
                             }
                         };
                         match progress {
-                            Progress::Written => break,
-                            Progress::Failed(e) | Progress::Read(Err(e)) => return Close::Io(e),
-                            Progress::Read(Ok(0)) => return Close::PeerClosed,
+                            Progress::Written => break None,
+                            Progress::Failed(e) | Progress::Read(Err(e)) => break Some(Close::Io(e)),
+                            Progress::Read(Ok(0)) => break Some(Close::PeerClosed),
                             Progress::Read(Ok(got)) => {
                                 Metrics::add(&self.shared.metrics.bytes_received, got as u64);
                                 last_packet = Instant::now();
                                 read_meanwhile = true;
                             }
                         }
+                    };
+                    if let Some(close) = ended {
+                        // Part of the buffer may be out: what follows (a
+                        // DISCONNECT) must go after that part, not repeat it,
+                        // or the client reads a torn stream (found by the
+                        // broker fuzz target, a takeover mid-write).
+                        let _ = self.wbuf.split_to(written.min(self.wbuf.len()));
+                        return close;
                     }
                     Metrics::add(&self.shared.metrics.bytes_sent, n as u64);
                     // A small buffer is let go (an idle client holds none); a
