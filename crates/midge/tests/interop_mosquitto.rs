@@ -89,7 +89,7 @@ fn mosquitto_sub_prints_the_message_that_mosquitto_pub_sends() {
 fn qos_1_and_qos_2_messages_complete_their_handshakes_and_arrive_at_the_qos_they_were_sent_with() {
     let broker = broker(&[]);
     // %q prints the QoS of the delivered message.
-    let sub = subscriber(&broker, &["-t", "q/#", "-q", "2", "-F", "%q %t %p", "-C", "2"]);
+    let mut sub = subscriber(&broker, &["-t", "q/#", "-q", "2", "-F", "%q %t %p", "-C", "2"]);
 
     let qos1 = publish(&broker, &["-d", "-t", "q/one", "-q", "1", "-m", "at least once"]);
     let qos2 = publish(&broker, &["-d", "-t", "q/two", "-q", "2", "-m", "exactly once"]);
@@ -97,8 +97,11 @@ fn qos_1_and_qos_2_messages_complete_their_handshakes_and_arrive_at_the_qos_they
     qos1.wait_for_stdout_line("received PUBACK", WAIT);
     qos2.wait_for_stdout_line("received PUBREC", WAIT);
     qos2.wait_for_stdout_line("received PUBCOMP", WAIT);
+    // Read once the subscriber has exited: the publisher's PUBCOMP can come
+    // before the subscriber has printed its side of the handshakes.
+    sub.wait_success(WAIT);
     let sub_debug = sub.stdout();
-    assert_eq!(finished_messages(sub), ["1 q/one at least once", "2 q/two exactly once"], "{sub_debug}");
+    assert_eq!(messages(&sub), ["1 q/one at least once", "2 q/two exactly once"], "{sub_debug}");
     // The subscriber's side of each handshake: it acknowledged the QoS 1 message,
     // and the broker released the QoS 2 one so the subscriber could complete it.
     assert!(sub_debug.contains("sending PUBACK"), "the subscriber sent no PUBACK:\n{sub_debug}");
