@@ -23,7 +23,7 @@ use bytes::{Bytes, BytesMut};
 use midge_codec::{
     AckProperties, Auth, AuthProperties, ConnAck, Connect, DecodeError, Disconnect, MqttStr, Packet, PacketId,
     ProtocolVersion, PubAck, Publish, PublishView, QoS, ReasonCode, RetainHandling, SubAck, Subscribe, UnsubAck,
-    Unsubscribe, Will, decode, encode, encode_publish_view, encoded_len, publish_view_encoded_len, topic,
+    Unsubscribe, Will, decode, encode, encode_publish_view, encoded_len, fixed_header, publish_view_encoded_len, topic,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
@@ -54,7 +54,7 @@ enum Close {
     PacketTimeout {
         waited: Duration,
         have: usize,
-        declared: Option<usize>,
+        declared: Option<u32>,
     },
     Malformed(DecodeError),
     /// A well-formed packet that breaks a rule; the text names the rule,
@@ -209,7 +209,7 @@ fn connect_level(buf: &[u8]) -> Option<u8> {
     if buf.first()? >> 4 != 1 {
         return None;
     }
-    let header_len = 1 + buf.iter().skip(1).take(4).position(|b| b & 0x80 == 0)? + 1;
+    let (_, header_len) = fixed_header(buf, ProtocolVersion::V3_1_1).ok()??;
     let name_len = usize::from(u16::from_be_bytes([*buf.get(header_len)?, *buf.get(header_len + 1)?]));
     buf.get(header_len + 2 + name_len).copied()
 }
@@ -865,8 +865,7 @@ impl Conn {
             // The timer is pushed back lazily: reading only stamps
             // `last_packet`; when the timer fires early it is re-armed from there.
             let mut last_packet = Instant::now();
-            let far = Duration::from_secs(86400 * 365);
-            let timer = tokio::time::sleep(keep_alive.unwrap_or(far));
+            let timer = tokio::time::sleep(keep_alive.unwrap_or(NEVER));
             tokio::pin!(timer);
             // When the packet now arriving in pieces began, if one is: it
             // must be whole by `packet_due`, or the connection is closed.
@@ -1061,7 +1060,7 @@ impl Conn {
             *start = Some(Instant::now());
         }
         if let Some(start) = *start {
-            let due = packet_due(start, timeout, rbuf);
+            let due = packet_due(start, timeout, rbuf, self.version);
             if due < timer.deadline() {
                 timer.reset(due);
             }
@@ -1080,14 +1079,14 @@ impl Conn {
         rbuf: &BytesMut,
     ) -> Option<Close> {
         let now = Instant::now();
-        let mut next = now + Duration::from_secs(86400 * 365);
+        let mut next = now + NEVER;
         if let (Some(start), Some(timeout)) = (packet_start, self.shared.config.packet_timeout) {
-            let due = packet_due(start, timeout, rbuf);
+            let due = packet_due(start, timeout, rbuf, self.version);
             if now >= due {
                 return Some(Close::PacketTimeout {
                     waited: now - start,
                     have: rbuf.len(),
-                    declared: declared_length(rbuf),
+                    declared: declared_length(rbuf, self.version),
                 });
             }
             next = next.min(due);
@@ -1405,8 +1404,15 @@ impl Conn {
     /// Counts and logs a topic name or filter of this connection refused
     /// for its depth or length.
     fn refused_topic(&mut self, what: &str, topic: &str, limit: TopicLimit) {
+        let refused = self.count_refusal();
+        topic_refused(&self.shared, &self.session.client_id, self.client.peer, what, topic, limit, refused);
+    }
+
+    /// Counts one more refused topic or filter on this connection; returns
+    /// the count, whose powers of two are logged at `info`.
+    fn count_refusal(&mut self) -> u32 {
         self.refusals = self.refusals.saturating_add(1);
-        topic_refused(&self.shared, &self.session.client_id, self.client.peer, what, topic, limit, self.refusals);
+        self.refusals
     }
 
     /// Refuses a PUBLISH whose topic name is beyond the topic limits: v5
@@ -1556,9 +1562,9 @@ impl Conn {
             // Refused alike: a filter that breaks the spec's rules, and one
             // beyond the depth and length limits (counted and logged apart).
             let refused = if !valid {
-                self.refusals = self.refusals.saturating_add(1);
-                if self.refusals.is_power_of_two() {
-                    tracing::info!(client_id = %self.session.client_id, peer = %self.client.peer, filter = sub.topic_filter, refused = self.refusals, "invalid topic filter [MQTT-4.7.1-1]");
+                let refused = self.count_refusal();
+                if refused.is_power_of_two() {
+                    tracing::info!(client_id = %self.session.client_id, peer = %self.client.peer, filter = sub.topic_filter, refused, "invalid topic filter [MQTT-4.7.1-1]");
                 }
                 true
             } else if let Err(limit) = self.shared.config.check_topic(&sub.topic_filter) {
@@ -1962,26 +1968,22 @@ fn fit_connack(connack: &mut ConnAck, max: Option<u32>) -> bool {
     fits(connack)
 }
 
-/// The remaining length a packet's fixed header declares, once its bytes
-/// are in `buf`.
-fn declared_length(buf: &[u8]) -> Option<usize> {
-    let mut length = 0;
-    for (i, &byte) in buf.iter().skip(1).take(4).enumerate() {
-        length |= usize::from(byte & 0x7F) << (7 * i);
-        if byte & 0x80 == 0 {
-            return Some(length);
-        }
-    }
-    None
-}
+/// A timer's wait when nothing is due: a year.
+const NEVER: Duration = Duration::from_secs(86400 * 365);
 
 /// The bytes per second a packet arriving in pieces is granted on top of
 /// `packet_timeout`: a second per KiB it declares.
 const PACKET_MIN_RATE: u64 = 1024;
 
+/// The remaining length the fixed header at the start of `rbuf` declares,
+/// once its bytes are in.
+fn declared_length(rbuf: &[u8], version: ProtocolVersion) -> Option<u32> {
+    fixed_header(rbuf, version).ok().flatten().map(|(remaining, _)| remaining)
+}
+
 /// When a packet that began at `start` must be whole.
-fn packet_due(start: Instant, timeout: Duration, rbuf: &[u8]) -> Instant {
-    let declared = declared_length(rbuf).map_or(0, |n| n as u64);
+fn packet_due(start: Instant, timeout: Duration, rbuf: &[u8], version: ProtocolVersion) -> Instant {
+    let declared = declared_length(rbuf, version).map_or(0, u64::from);
     start + timeout + Duration::from_secs(declared / PACKET_MIN_RATE)
 }
 

@@ -47,6 +47,8 @@ mod session;
 mod shared;
 pub mod store;
 mod sys;
+#[cfg(test)]
+mod testing;
 mod throttle;
 
 pub use broker::{AcceptFailures, Broker, Hooks, ListenerPolicy, Origin, Recovery};

@@ -13,6 +13,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use crate::router::levels;
 use crate::session::Message;
 
 /// Seeded per map at random, as the topic index's levels are.
@@ -160,7 +161,7 @@ impl RetainedTree {
     /// Keeps `message` for `topic`, replacing what was there.
     pub(crate) fn insert(&mut self, topic: &str, message: Arc<Message>) {
         let mut node = &mut self.root;
-        for level in topic.split('/') {
+        for level in levels(topic) {
             node = node.children.get_or_insert(level);
         }
         if node.message.replace(message).is_none() {
@@ -175,7 +176,7 @@ impl RetainedTree {
         // topic's chain would remain, where to cut.
         let mut node = &self.root;
         let mut cut: Option<(usize, &str)> = None;
-        for (depth, level) in topic.split('/').enumerate() {
+        for (depth, level) in levels(topic).enumerate() {
             let Some(child) = node.children.get(level) else { return false };
             if depth == 0 || node.message.is_some() || node.children.len() > 1 {
                 cut = Some((depth, level));
@@ -188,7 +189,7 @@ impl RetainedTree {
         self.len -= 1;
         let leaf_empties = node.children.is_empty();
         let mut node = &mut self.root;
-        for (depth, level) in topic.split('/').enumerate() {
+        for (depth, level) in levels(topic).enumerate() {
             if leaf_empties
                 && let Some((at, cut_level)) = cut
                 && at == depth
@@ -207,7 +208,7 @@ impl RetainedTree {
     /// The message retained for exactly `topic`.
     pub(crate) fn get(&self, topic: &str) -> Option<&Arc<Message>> {
         let mut node = &self.root;
-        for level in topic.split('/') {
+        for level in levels(topic) {
             node = node.children.get(level)?;
         }
         node.message.as_ref()
@@ -219,7 +220,7 @@ impl RetainedTree {
     /// a leading wildcard [MQTT-4.7.2-1]. Returns how many nodes it
     /// visited: the work done, for the caller to pace itself by.
     pub(crate) fn for_each_match<'a>(&'a self, filter: &str, mut f: impl FnMut(&'a Arc<Message>)) -> usize {
-        let levels: Vec<&str> = filter.split('/').collect();
+        let levels: Vec<&str> = levels(filter).collect();
         let mut visited = 0;
         // (node, how many filter levels it has consumed)
         let mut stack: Vec<(&Node, usize)> = vec![(&self.root, 0)];
@@ -282,6 +283,7 @@ impl RetainedTree {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::{on_a_small_stack, xorshift};
     use bytes::Bytes;
     use midge_codec::{MqttStr, PublishProperties, QoS};
 
@@ -314,13 +316,7 @@ mod tests {
     /// filters of a small alphabet: an independent definition of matching.
     #[test]
     fn the_tree_finds_what_topic_matching_says_and_prunes_to_nothing() {
-        let mut seed = 0x2545_f491_4f6c_dd1du64;
-        let mut next = move |n: u64| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed % n
-        };
+        let mut next = xorshift(0x2545_f491_4f6c_dd1du64);
         for _round in 0..200 {
             let topics: Vec<String> = (0..15)
                 .map(|_| (0..1 + next(4)).map(|_| ["a", "b", "", "$x"][next(4) as usize]).collect::<Vec<_>>().join("/"))
@@ -368,21 +364,16 @@ mod tests {
     /// thread stack.
     #[test]
     fn a_100000_level_topic_is_kept_found_removed_and_dropped_without_recursion() {
-        std::thread::Builder::new()
-            .stack_size(64 * 1024)
-            .spawn(|| {
-                let deep = vec!["a"; 100_000].join("/");
-                let mut tree = tree(&[&deep, "a"]);
-                assert_eq!(matching(&tree, "#").len(), 2);
-                assert_eq!(matching(&tree, &(vec!["+"; 100_000].join("/"))), std::slice::from_ref(&deep));
-                assert_eq!(matching(&tree, &(vec!["a"; 50_000].join("/") + "/#")), std::slice::from_ref(&deep));
-                assert!(tree.remove(&deep));
-                assert_eq!(matching(&tree, "#"), ["a"]);
-                tree.insert(&deep, message("deep"));
-                // Dropped with the deep chain in it.
-            })
-            .unwrap()
-            .join()
-            .unwrap();
+        on_a_small_stack(|| {
+            let deep = vec!["a"; 100_000].join("/");
+            let mut tree = tree(&[&deep, "a"]);
+            assert_eq!(matching(&tree, "#").len(), 2);
+            assert_eq!(matching(&tree, &(vec!["+"; 100_000].join("/"))), std::slice::from_ref(&deep));
+            assert_eq!(matching(&tree, &(vec!["a"; 50_000].join("/") + "/#")), std::slice::from_ref(&deep));
+            assert!(tree.remove(&deep));
+            assert_eq!(matching(&tree, "#"), ["a"]);
+            tree.insert(&deep, message("deep"));
+            // Dropped with the deep chain in it.
+        });
     }
 }

@@ -311,6 +311,13 @@ impl<'n, 't, T> Pending<'n, 't, T> {
 #[derive(Clone)]
 struct Levels<'a>(Option<&'a str>);
 
+/// The levels of a topic name or filter, empty ones included, as
+/// `str::split('/')` gives them, only cheaper (see [`Levels`]); for the
+/// other trees over topic levels.
+pub(crate) fn levels(topic: &str) -> impl Iterator<Item = &str> + Clone {
+    Levels(Some(topic))
+}
+
 impl<'a> Iterator for Levels<'a> {
     type Item = &'a str;
 
@@ -343,6 +350,7 @@ fn take<T: PartialEq>(list: &mut Vec<(T, Grant)>, key: &T) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::{on_a_small_stack, xorshift};
     use midge_codec::QoS;
 
     fn opts(qos: QoS) -> Grant {
@@ -456,13 +464,6 @@ mod tests {
         assert_eq!(idx.for_each_match("x/z", |_, _| {}), 1);
         assert_eq!(idx.for_each_match("q", |_, _| {}), 0);
     }
-    /// A trie as deep as a peer's filter: run on a thread with a small
-    /// stack, so any recursion per level would overflow it (issue 21: one
-    /// 10,000-level SUBSCRIBE overflowed the broker's stack).
-    fn on_a_small_stack(f: impl FnOnce() + Send + 'static) {
-        std::thread::Builder::new().stack_size(64 * 1024).spawn(f).unwrap().join().unwrap();
-    }
-
     #[test]
     fn a_100000_level_filter_is_inserted_matched_removed_and_dropped_without_recursion() {
         on_a_small_stack(|| {
@@ -512,13 +513,7 @@ mod tests {
     /// definition.
     #[test]
     fn the_index_matches_what_topic_matching_says_and_prunes_to_nothing() {
-        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = move |n: u64| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed % n
-        };
+        let mut next = xorshift(0x9e37_79b9_7f4a_7c15u64);
         let words = ["a", "b", "", "$x"];
         for _round in 0..200 {
             let mut idx = TopicIndex::default();

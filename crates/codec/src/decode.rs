@@ -54,26 +54,9 @@ pub fn decode(
     let flags = first & 0x0F;
     check_fixed_header(packet_type, flags, version)?;
 
-    // Remaining length: up to four bytes, 7 bits each, least significant first.
-    let mut remaining: u32 = 0;
-    let mut header_len = 1;
-    loop {
-        let Some(&byte) = buf.get(header_len) else {
-            return Ok(None);
-        };
-        remaining |= u32::from(byte & 0x7F) << (7 * (header_len - 1));
-        header_len += 1;
-        if byte & 0x80 == 0 {
-            if byte == 0 && header_len > 2 && version.is_v5() {
-                return Err(DecodeError::NonMinimalVarint);
-            }
-            break;
-        }
-        if header_len == 5 {
-            // The fourth byte has the continuation bit: a fifth is never valid.
-            return Err(DecodeError::MalformedRemainingLength);
-        }
-    }
+    let Some((remaining, header_len)) = fixed_header(buf, version)? else {
+        return Ok(None);
+    };
 
     // header_len <= 5 and remaining <= MAX_VARINT, so this cannot overflow.
     let size = remaining + header_len as u32;
@@ -91,6 +74,35 @@ pub fn decode(
     let body = packet.split_off(header_len);
     let r = Reader { buf: body };
     decode_body(packet_type, flags, version, r).map(Some)
+}
+
+/// The remaining length a packet's fixed header declares, and the header's
+/// own size (2 to 5 bytes), once the header's bytes are in `buf`: `Ok(None)`
+/// before. Nothing of the body is needed, so a caller can tell how large a
+/// packet will be while its bytes still arrive. The remaining length is up
+/// to four bytes, 7 bits each, least significant first; MQTT 5 requires the
+/// fewest bytes [MQTT-1.5.5-1].
+#[inline]
+pub fn fixed_header(buf: &[u8], version: ProtocolVersion) -> Result<Option<(u32, usize)>, DecodeError> {
+    let mut remaining: u32 = 0;
+    let mut header_len = 1;
+    loop {
+        let Some(&byte) = buf.get(header_len) else {
+            return Ok(None);
+        };
+        remaining |= u32::from(byte & 0x7F) << (7 * (header_len - 1));
+        header_len += 1;
+        if byte & 0x80 == 0 {
+            if byte == 0 && header_len > 2 && version.is_v5() {
+                return Err(DecodeError::NonMinimalVarint);
+            }
+            return Ok(Some((remaining, header_len)));
+        }
+        if header_len == 5 {
+            // The fourth byte has the continuation bit: a fifth is never valid.
+            return Err(DecodeError::MalformedRemainingLength);
+        }
+    }
 }
 
 /// Checks the packet type and the flag bits the spec fixes for it

@@ -31,7 +31,7 @@ pub mod reason;
 pub mod string;
 pub mod topic;
 
-pub use decode::decode;
+pub use decode::{decode, fixed_header};
 pub use encode::{
     PublishView, encode, encode_publish, encode_publish_view, encoded_len, publish_encoded_len,
     publish_view_encoded_len,
