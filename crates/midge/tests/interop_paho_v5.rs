@@ -212,3 +212,19 @@ fn deep_filters_subscribed_dropped_and_matched_do_not_crash_the_broker() {
 fn outbound_topic_aliases_keep_at_most_64_kib_of_topics() {
     run_scenario("outbound_alias_bound");
 }
+
+/// [MQTT-3.1.2-24]: a client's Maximum Packet Size bounds CONNACK and
+/// DISCONNECT too; they drop optional properties and the Reason String to
+/// fit a client that allows 16 bytes.
+#[test]
+fn connack_and_disconnect_fit_a_tiny_maximum_packet_size() {
+    run_scenario("tiny_maximum_packet_size");
+}
+
+/// A session taken over while the broker's write to its old connection is
+/// half done: the old client reads the rest of the 6 MB PUBLISH, then
+/// DISCONNECT 0x8E, never the start of it again (a torn stream before).
+#[test]
+fn a_connection_taken_over_mid_write_reads_an_intact_stream() {
+    run_scenario_with("takeover_mid_write", &["--max-packet-size", "16000000"]);
+}

@@ -805,7 +805,80 @@ def outbound_alias_bound(host, port):
     check(seen[3] == (b"", 1), "the first topic again goes as its alias alone")
 
 
+def raw_connect(host, port, client_id, properties=b"", rcvbuf=None):
+    """A bare v5 socket that sent CONNECT; the CONNACK is left unread."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    if rcvbuf:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    sock.settimeout(TIMEOUT)
+    sock.connect((host, port))
+    cid = client_id.encode()
+    body = b"\x00\x04MQTT\x05\x02\x00\x3c" + bytes([len(properties)]) + properties + len(cid).to_bytes(2, "big") + cid
+    sock.sendall(bytes([0x10, len(body)]) + body)
+    return sock
+
+
+def read_to_end(sock):
+    data = b""
+    while True:
+        chunk = sock.recv(1 << 16)
+        if not chunk:
+            return data
+        data += chunk
+
+
+def tiny_maximum_packet_size(host, port):
+    """A client's Maximum Packet Size bounds every packet the server sends
+    it [MQTT-3.1.2-24], CONNACK and DISCONNECT included: they drop their
+    optional properties and Reason String to fit."""
+    sock = raw_connect(host, port, "tiny", b"\x27" + (16).to_bytes(4, "big"))
+    header = recv_exactly(sock, 2)
+    connack = header + recv_exactly(sock, header[1])
+    check(connack[0] == 0x20 and connack[3] == 0x00, f"connected ({connack!r})")
+    check(len(connack) <= 16, f"a {len(connack)}-byte CONNACK to a client allowing 16")
+    # A topic alias above the maximum: DISCONNECT 0x94, here without its
+    # Reason String (topic_alias_invalid shows it with one).
+    body = b"\x00\x03t/a" + b"\x03\x23" + (60000).to_bytes(2, "big") + b"x"
+    sock.sendall(bytes([0x30, len(body)]) + body)
+    rest = read_to_end(sock)
+    check(rest[:1] == b"\xe0" and rest[2:3] == b"\x94", f"DISCONNECT 0x94 ({rest!r})")
+    check(len(rest) <= 16, f"a {len(rest)}-byte DISCONNECT to a client allowing 16")
+
+
+def takeover_mid_write(host, port):
+    """A connection taken over while the broker's write to it is half done
+    (its client reads slowly) gets the rest of what was being written and
+    then DISCONNECT 0x8E, never the start of it again: the old client reads
+    an intact stream. 6 MB outgrow the kernel's buffers on loopback."""
+    t = topic()
+    old = raw_connect(host, port, "taken-mid-write", rcvbuf=4096)
+    header = recv_exactly(old, 2)
+    recv_exactly(old, header[1])
+    sub = len(t).to_bytes(2, "big") + t.encode()
+    body = b"\x00\x01\x00" + sub + b"\x00"
+    old.sendall(bytes([0x82, len(body)]) + body)
+    check(recv_exactly(old, 6)[0] == 0x90, "the old connection subscribed")
+    payload = bytes(range(256)) * (6 * 4096)
+    pub = Peer(host, port)
+    pub.client.publish(t, payload, qos=0)
+    pub.wait("publish")
+    time.sleep(0.5)  # the broker's write to `old` stalls: it does not read
+    new = raw_connect(host, port, "taken-mid-write")
+    check(recv_exactly(new, 2)[0] == 0x20, "a new connection took the session over")
+    stream = read_to_end(old)
+    packets = split_packets(stream)
+    kinds = [first >> 4 for first, _ in packets]
+    check(kinds == [3, 14], f"the old client read the PUBLISH, then DISCONNECT ({kinds})")
+    first, body = packets[0]
+    topic_len = int.from_bytes(body[:2], "big")
+    got = body[2 + topic_len + 1 :]
+    check(got == payload, f"the {len(payload)}-byte payload arrived intact ({len(got)} bytes)")
+    check(packets[1][1][:1] == b"\x8e", f"DISCONNECT 0x8E Session taken over ({packets[1][1]!r})")
+
+
 SCENARIOS = {
+    "tiny_maximum_packet_size": tiny_maximum_packet_size,
+    "takeover_mid_write": takeover_mid_write,
     "outbound_alias_bound": outbound_alias_bound,
     "receive_maximum_flood": receive_maximum_flood,
     "topic_limits": topic_limits,
